@@ -1,0 +1,189 @@
+//! The GPU context: instance, adapter choice, device with the limits we need.
+//!
+//! Plain setup in the spirit of wgpu's `hello_compute`: one adapter, one device, one queue.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde::Serialize;
+
+/// Backends a user can name on the command line.
+pub const BACKEND_NAMES: &str = "vulkan, metal, dx12, gl";
+
+/// Parses `--backend`. `None` means "wgpu's choice", honouring `WGPU_BACKEND`.
+pub fn parse_backends(name: Option<&str>) -> Result<wgpu::Backends> {
+    Ok(match name.map(|s| s.to_ascii_lowercase()) {
+        None => wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
+        Some(n) => match n.as_str() {
+            "vulkan" | "vk" => wgpu::Backends::VULKAN,
+            "metal" | "mtl" => wgpu::Backends::METAL,
+            "dx12" | "d3d12" => wgpu::Backends::DX12,
+            "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+            other => bail!("unknown backend '{other}': use one of {BACKEND_NAMES} (or cpu where a command allows it)"),
+        },
+    })
+}
+
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+fn no_adapter_message(backends: wgpu::Backends) -> String {
+    let mut msg = format!("no GPU adapter found for backends {backends:?}");
+    if cfg!(target_os = "linux") {
+        msg.push_str(
+            ": install a Vulkan or GL driver (without a GPU, Mesa's software ones: \
+             `apt-get install mesa-vulkan-drivers libegl1 libegl-mesa0 libgles2`), \
+             or train on the CPU with `--backend cpu`",
+        );
+    } else {
+        msg.push_str(": update the GPU driver, pick another `--backend`, or use `--backend cpu`");
+    }
+    msg
+}
+
+/// A device and queue plus what we learned about the adapter.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub timestamps: bool,
+}
+
+impl Gpu {
+    /// Opens the adapter chosen by `--backend` (or `WGPU_BACKEND` / `WGPU_ADAPTER_NAME`).
+    pub fn new(backend: Option<&str>) -> Result<Gpu> {
+        let backends = parse_backends(backend)?;
+        let inst = instance(backends);
+        let adapter = pollster::block_on(async {
+            if std::env::var_os("WGPU_ADAPTER_NAME").is_some() {
+                wgpu::util::initialize_adapter_from_env(&inst, None).await.ok()
+            } else {
+                inst.request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    ..Default::default()
+                })
+                .await
+                .ok()
+            }
+        })
+        .ok_or_else(|| anyhow!(no_adapter_message(backends)))?;
+        let info = adapter.get_info();
+        let downlevel = adapter.get_downlevel_capabilities();
+        if !downlevel.flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
+            bail!(
+                "adapter '{}' ({:?}) cannot run compute shaders: pick another `--backend`",
+                info.name,
+                info.backend
+            );
+        }
+        // Ask for everything the adapter offers: the defaults cap storage bindings at 128 MiB,
+        // which the `large` config's attention buffers exceed. Kernels themselves stay within
+        // the default workgroup limits so they run everywhere.
+        let limits = adapter.limits();
+        if limits.max_compute_invocations_per_workgroup < 256
+            || limits.max_compute_workgroup_storage_size < 16384
+            || limits.max_storage_buffers_per_shader_stage < 8
+        {
+            bail!(
+                "adapter '{}' offers {} invocations per workgroup, {} bytes of workgroup storage and \
+                 {} storage buffers per stage; selfish needs 256, 16384 and 8: pick another `--backend`",
+                info.name,
+                limits.max_compute_invocations_per_workgroup,
+                limits.max_compute_workgroup_storage_size,
+                limits.max_storage_buffers_per_shader_stage
+            );
+        }
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        let mut features = wgpu::Features::empty();
+        if timestamps {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("selfish"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .with_context(|| format!("could not open a device on adapter '{}'", info.name))?;
+        device.set_device_lost_callback(|reason, msg| {
+            if !matches!(reason, wgpu::DeviceLostReason::Destroyed) {
+                eprintln!("error: the GPU device was lost ({reason:?}: {msg}); the last checkpoint is kept, resume with --resume");
+            }
+        });
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            timestamps,
+        })
+    }
+
+    /// One line naming the adapter, for logs and reports.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?}, driver {} {})",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.info.driver,
+            self.info.driver_info
+        )
+    }
+}
+
+/// What `selfish devices` prints for one adapter.
+#[derive(Serialize)]
+pub struct DeviceReport {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub max_storage_buffers_per_shader_stage: u32,
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
+    pub compute_shaders: bool,
+    pub timestamp_query: bool,
+}
+
+/// Every adapter wgpu can see on the given backends.
+pub fn list_devices(backend: Option<&str>) -> Result<Vec<DeviceReport>> {
+    let backends = parse_backends(backend)?;
+    let inst = instance(backends);
+    let adapters = pollster::block_on(inst.enumerate_adapters(backends));
+    Ok(adapters
+        .iter()
+        .map(|a| {
+            let info = a.get_info();
+            let l = a.limits();
+            DeviceReport {
+                name: info.name.clone(),
+                backend: format!("{:?}", info.backend),
+                device_type: format!("{:?}", info.device_type),
+                driver: info.driver.clone(),
+                driver_info: info.driver_info.clone(),
+                max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
+                max_buffer_size: l.max_buffer_size,
+                max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+                max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
+                max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
+                max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+                subgroup_min_size: info.subgroup_min_size,
+                subgroup_max_size: info.subgroup_max_size,
+                compute_shaders: a
+                    .get_downlevel_capabilities()
+                    .flags
+                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS),
+                timestamp_query: a.features().contains(wgpu::Features::TIMESTAMP_QUERY),
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,6 @@
+//! selfish: character-level GPT training on any GPU through WebGPU, with the threshold
+//! ("selfish token") cross-entropy of the *Stop Jostling* paper.
+
+pub mod gpu;
+pub mod kernels;
+pub mod runtime;

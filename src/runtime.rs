@@ -1,0 +1,390 @@
+//! Two interchangeable executors of the same op lists: the GPU (wgpu) and the CPU twins.
+//!
+//! A model allocates named buffers, then compiles op lists ("sequences") once. On the GPU,
+//! compiling builds every pipeline, uniform buffer and bind group up front, so running a
+//! sequence is only `set_pipeline / set_bind_group / dispatch` inside one compute pass.
+//! On the CPU, running a sequence calls each kernel's plain-Rust twin in order.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, bail, Result};
+use wgpu::util::DeviceExt;
+
+use crate::gpu::Gpu;
+use crate::kernels::{Launch, Op, SHADERS};
+
+/// A buffer handle, valid for the backend that allocated it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Buf(pub usize);
+
+/// A compiled op list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seq(pub usize);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    U32,
+}
+
+/// What the model is written against.
+pub trait Backend {
+    /// Adapter or CPU name, for logs.
+    fn name(&self) -> String;
+    /// Allocates a zero-filled buffer of `len` elements.
+    fn alloc(&mut self, label: &str, len: usize, dtype: Dtype) -> Result<Buf>;
+    fn len(&self, b: Buf) -> usize;
+    fn write_f32(&mut self, b: Buf, data: &[f32]);
+    fn write_u32(&mut self, b: Buf, data: &[u32]);
+    fn read_f32(&mut self, b: Buf) -> Result<Vec<f32>>;
+    /// Builds everything a sequence needs so that running it allocates nothing.
+    fn compile(&mut self, ops: &[Op]) -> Result<Seq>;
+    /// Runs sequences in order, as one submission on the GPU.
+    fn run(&mut self, seqs: &[Seq]) -> Result<()>;
+    /// Waits for queued work (a no-op on the CPU).
+    fn finish(&mut self) -> Result<()>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU
+
+/// Host memory for the CPU twins.
+#[derive(Default)]
+pub struct HostMem {
+    f: Vec<Vec<f32>>,
+    u: Vec<Vec<u32>>,
+    dtype: Vec<Dtype>,
+}
+
+impl HostMem {
+    pub fn f(&self, b: Buf) -> &[f32] {
+        &self.f[b.0]
+    }
+    pub fn u(&self, b: Buf) -> &[u32] {
+        &self.u[b.0]
+    }
+    /// Moves an output out so inputs can be borrowed while it is written; see `put`.
+    pub fn take(&mut self, b: Buf) -> Vec<f32> {
+        std::mem::take(&mut self.f[b.0])
+    }
+    pub fn put(&mut self, b: Buf, v: Vec<f32>) {
+        self.f[b.0] = v;
+    }
+}
+
+pub struct CpuBackend {
+    mem: HostMem,
+    seqs: Vec<Vec<Op>>,
+}
+
+impl CpuBackend {
+    pub fn new() -> CpuBackend {
+        CpuBackend {
+            mem: HostMem::default(),
+            seqs: Vec::new(),
+        }
+    }
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        "cpu (plain-Rust twins)".into()
+    }
+    fn alloc(&mut self, _label: &str, len: usize, dtype: Dtype) -> Result<Buf> {
+        let id = self.mem.f.len();
+        match dtype {
+            Dtype::F32 => {
+                self.mem.f.push(vec![0.0; len]);
+                self.mem.u.push(Vec::new());
+            }
+            Dtype::U32 => {
+                self.mem.f.push(Vec::new());
+                self.mem.u.push(vec![0; len]);
+            }
+        }
+        self.mem.dtype.push(dtype);
+        Ok(Buf(id))
+    }
+    fn len(&self, b: Buf) -> usize {
+        match self.mem.dtype[b.0] {
+            Dtype::F32 => self.mem.f[b.0].len(),
+            Dtype::U32 => self.mem.u[b.0].len(),
+        }
+    }
+    fn write_f32(&mut self, b: Buf, data: &[f32]) {
+        self.mem.f[b.0][..data.len()].copy_from_slice(data);
+    }
+    fn write_u32(&mut self, b: Buf, data: &[u32]) {
+        self.mem.u[b.0][..data.len()].copy_from_slice(data);
+    }
+    fn read_f32(&mut self, b: Buf) -> Result<Vec<f32>> {
+        Ok(self.mem.f[b.0].clone())
+    }
+    fn compile(&mut self, ops: &[Op]) -> Result<Seq> {
+        self.seqs.push(ops.to_vec());
+        Ok(Seq(self.seqs.len() - 1))
+    }
+    fn run(&mut self, seqs: &[Seq]) -> Result<()> {
+        for s in seqs {
+            for op in &self.seqs[s.0] {
+                op.run_cpu(&mut self.mem);
+            }
+        }
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GPU
+
+struct Prepared {
+    pipeline: usize,
+    bind_group: wgpu::BindGroup,
+    groups: [u32; 3],
+    /// Kept alive for the bind group.
+    _uniform: wgpu::Buffer,
+}
+
+pub struct GpuBackend {
+    pub gpu: Gpu,
+    bufs: Vec<(wgpu::Buffer, usize, Dtype)>,
+    modules: HashMap<&'static str, wgpu::ShaderModule>,
+    pipelines: Vec<wgpu::ComputePipeline>,
+    pipeline_ids: HashMap<(&'static str, &'static str), usize>,
+    seqs: Vec<Vec<Prepared>>,
+}
+
+impl GpuBackend {
+    pub fn new(gpu: Gpu) -> GpuBackend {
+        GpuBackend {
+            gpu,
+            bufs: Vec::new(),
+            modules: HashMap::new(),
+            pipelines: Vec::new(),
+            pipeline_ids: HashMap::new(),
+            seqs: Vec::new(),
+        }
+    }
+
+    /// Opens the adapter named by `--backend` (see [`Gpu::new`]).
+    pub fn open(backend: Option<&str>) -> Result<GpuBackend> {
+        Ok(GpuBackend::new(Gpu::new(backend)?))
+    }
+
+    fn pipeline(&mut self, shader: &'static str, entry: &'static str) -> Result<usize> {
+        if let Some(&id) = self.pipeline_ids.get(&(shader, entry)) {
+            return Ok(id);
+        }
+        let device = &self.gpu.device;
+        if !self.modules.contains_key(shader) {
+            let src = SHADERS
+                .iter()
+                .find(|(n, _)| *n == shader)
+                .map(|(_, s)| *s)
+                .ok_or_else(|| anyhow!("no shader named '{shader}'"))?;
+            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                bail!("shaders/{shader}.wgsl failed to compile: {e}");
+            }
+            self.modules.insert(shader, module);
+        }
+        let module = &self.modules[shader];
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            bail!("pipeline {shader}::{entry} failed: {e}");
+        }
+        self.pipelines.push(pipeline);
+        let id = self.pipelines.len() - 1;
+        self.pipeline_ids.insert((shader, entry), id);
+        Ok(id)
+    }
+
+    fn prepare(&mut self, l: &Launch) -> Result<Prepared> {
+        let max = self.gpu.limits.max_compute_workgroups_per_dimension;
+        if l.groups.iter().any(|&g| g > max) {
+            bail!(
+                "{}::{} needs {:?} workgroups, over the adapter's {max} per dimension: use smaller batch or block sizes",
+                l.shader,
+                l.entry,
+                l.groups
+            );
+        }
+        let pipeline = self.pipeline(l.shader, l.entry)?;
+        let mut words = l.params.clone();
+        while words.is_empty() || words.len() % 4 != 0 {
+            words.push(0);
+        }
+        let device = &self.gpu.device;
+        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(l.entry),
+            contents: bytemuck::cast_slice(&words),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        for &(binding, b) in &l.bufs {
+            entries.push(wgpu::BindGroupEntry {
+                binding,
+                resource: self.bufs[b.0].0.as_entire_binding(),
+            });
+        }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(l.entry),
+            layout: &self.pipelines[pipeline].get_bind_group_layout(0),
+            entries: &entries,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            bail!("bind group for {}::{} failed: {e}", l.shader, l.entry);
+        }
+        Ok(Prepared {
+            pipeline,
+            bind_group,
+            groups: l.groups,
+            _uniform: uniform,
+        })
+    }
+}
+
+impl Backend for GpuBackend {
+    fn name(&self) -> String {
+        self.gpu.describe()
+    }
+    fn alloc(&mut self, label: &str, len: usize, dtype: Dtype) -> Result<Buf> {
+        let bytes = (len.max(1) * 4) as u64;
+        let l = &self.gpu.limits;
+        if bytes > l.max_storage_buffer_binding_size || bytes > l.max_buffer_size {
+            bail!(
+                "buffer '{label}' needs {bytes} bytes but the adapter allows {} per storage binding and {} per buffer: \
+                 reduce batch_size, block_size or n_embd",
+                l.max_storage_buffer_binding_size,
+                l.max_buffer_size
+            );
+        }
+        let buffer = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.bufs.push((buffer, len, dtype));
+        Ok(Buf(self.bufs.len() - 1))
+    }
+    fn len(&self, b: Buf) -> usize {
+        self.bufs[b.0].1
+    }
+    fn write_f32(&mut self, b: Buf, data: &[f32]) {
+        if !data.is_empty() {
+            self.gpu
+                .queue
+                .write_buffer(&self.bufs[b.0].0, 0, bytemuck::cast_slice(data));
+        }
+    }
+    fn write_u32(&mut self, b: Buf, data: &[u32]) {
+        if !data.is_empty() {
+            self.gpu
+                .queue
+                .write_buffer(&self.bufs[b.0].0, 0, bytemuck::cast_slice(data));
+        }
+    }
+    fn read_f32(&mut self, b: Buf) -> Result<Vec<f32>> {
+        let (src, len, _) = &self.bufs[b.0];
+        let bytes = (*len * 4) as u64;
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let device = &self.gpu.device;
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
+        self.gpu.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow!("GPU wait failed: {e}"))?;
+        rx.recv()?
+            .map_err(|e| anyhow!("reading a GPU buffer failed: {e}"))?;
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| anyhow!("mapping a GPU buffer failed: {e}"))?;
+            bytemuck::cast_slice(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+    fn compile(&mut self, ops: &[Op]) -> Result<Seq> {
+        let mut prepared = Vec::new();
+        for op in ops {
+            for l in op.launches() {
+                prepared.push(self.prepare(&l)?);
+            }
+        }
+        self.seqs.push(prepared);
+        Ok(Seq(self.seqs.len() - 1))
+    }
+    fn run(&mut self, seqs: &[Seq]) -> Result<()> {
+        let device = &self.gpu.device;
+        let mut enc = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for s in seqs {
+                for p in &self.seqs[s.0] {
+                    pass.set_pipeline(&self.pipelines[p.pipeline]);
+                    pass.set_bind_group(0, &p.bind_group, &[]);
+                    pass.dispatch_workgroups(p.groups[0], p.groups[1], p.groups[2]);
+                }
+            }
+        }
+        self.gpu.queue.submit([enc.finish()]);
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.gpu
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow!("GPU wait failed: {e}"))?;
+        Ok(())
+    }
+}
+
+/// Opens `cpu` or a GPU backend by name.
+pub fn open_backend(name: Option<&str>) -> Result<Box<dyn Backend>> {
+    match name {
+        Some(n) if n.eq_ignore_ascii_case("cpu") => Ok(Box::new(CpuBackend::new())),
+        _ => Ok(Box::new(GpuBackend::open(name)?)),
+    }
+}
