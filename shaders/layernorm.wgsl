@@ -1,1 +1,177 @@
-// stub
+// LayerNorm over the last dimension, weight only (no bias), eps = 1e-5, biased variance
+// (PyTorch's F.layer_norm with bias=None). x, y, dy, dx are [rows, cols] row-major, w and dw
+// are [cols], mean and rstd are [rows].
+//
+// layernorm_fwd (one workgroup per row; bindings x 1, w 2, y 3, mean_out 4, rstd_out 5):
+//   mean[r] = sum_c x[r,c] / cols
+//   rstd[r] = 1 / sqrt(sum_c (x[r,c] - mean[r])^2 / cols + eps)      (two passes over the row)
+//   y[r,c]  = (x[r,c] - mean[r]) * rstd[r] * w[c]
+// layernorm_bwd_dx (one workgroup per row; bindings x 1, w 2, mean 6, rstd 7, dy 8, dx 9):
+//   xhat = (x[r,c] - mean[r]) * rstd[r],  g = dy[r,c] * w[c]
+//   d = rstd[r] * (g - mean_c(g) - xhat * mean_c(g * xhat))
+//   dx[r,c] = d, or dx[r,c] += d when p.accumulate != 0
+// layernorm_bwd_dw (one workgroup per 8 columns; bindings x 1, mean 6, rstd 7, dy 8, dw 10):
+//   dw[c] = sum_r dy[r,c] * xhat[r,c]   (overwritten)
+//   32 lanes per column each sum a fixed stride of rows, then a fixed tree adds the lanes,
+//   so the result is deterministic.
+// Sums run in f32 in a fixed order; row-kernel sums use a 256-wide tree in workgroup memory.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    accumulate: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> mean_out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> rstd_out: array<f32>;
+@group(0) @binding(6) var<storage, read> mean: array<f32>;
+@group(0) @binding(7) var<storage, read> rstd: array<f32>;
+@group(0) @binding(8) var<storage, read> dy: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(10) var<storage, read_write> dw: array<f32>;
+
+const EPS: f32 = 1e-5;
+const WG: u32 = 256u;
+// layernorm_bwd_dw: columns per workgroup and lanes (row strides) per column; COLS * LANES = WG.
+const DW_COLS: u32 = 8u;
+const DW_LANES: u32 = 32u;
+
+var<workgroup> red_a: array<f32, 256>;
+var<workgroup> red_b: array<f32, 256>;
+
+// Workgroup-wide sum of one value per invocation; every invocation gets the total.
+fn block_sum(lid: u32, v: f32) -> f32 {
+    red_a[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            red_a[lid] += red_a[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let total = red_a[0];
+    workgroupBarrier(); // everyone has read red_a[0] before it is reused
+    return total;
+}
+
+// Two block sums at once.
+fn block_sum2(lid: u32, a: f32, b: f32) -> vec2<f32> {
+    red_a[lid] = a;
+    red_b[lid] = b;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            red_a[lid] += red_a[lid + s];
+            red_b[lid] += red_b[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let total = vec2<f32>(red_a[0], red_b[0]);
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(256)
+fn layernorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let row = wid.x + wid.y * nwg.x;
+    if row >= p.rows {
+        return;
+    }
+    let lid = lid3.x;
+    let base = row * p.cols;
+    let n = f32(p.cols);
+
+    var s = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        s += x[base + c];
+    }
+    let mu = block_sum(lid, s) / n;
+
+    var q = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        let d = x[base + c] - mu;
+        q += d * d;
+    }
+    let r = inverseSqrt(block_sum(lid, q) / n + EPS);
+
+    for (var c = lid; c < p.cols; c += WG) {
+        y[base + c] = (x[base + c] - mu) * r * w[c];
+    }
+    if lid == 0u {
+        mean_out[row] = mu;
+        rstd_out[row] = r;
+    }
+}
+
+@compute @workgroup_size(256)
+fn layernorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let row = wid.x + wid.y * nwg.x;
+    if row >= p.rows {
+        return;
+    }
+    let lid = lid3.x;
+    let base = row * p.cols;
+    let n = f32(p.cols);
+    let mu = mean[row];
+    let r = rstd[row];
+
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        let xhat = (x[base + c] - mu) * r;
+        let g = dy[base + c] * w[c];
+        sg += g;
+        sgx += g * xhat;
+    }
+    let sums = block_sum2(lid, sg, sgx);
+    let mg = sums.x / n;
+    let mgx = sums.y / n;
+
+    for (var c = lid; c < p.cols; c += WG) {
+        let xhat = (x[base + c] - mu) * r;
+        let g = dy[base + c] * w[c];
+        let d = r * (g - mg - xhat * mgx);
+        if p.accumulate != 0u {
+            dx[base + c] += d;
+        } else {
+            dx[base + c] = d;
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn layernorm_bwd_dw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let block = wid.x + wid.y * nwg.x;
+    if block * DW_COLS >= p.cols {
+        return;
+    }
+    let lid = lid3.x;
+    let col = block * DW_COLS + lid % DW_COLS;
+    let lane = lid / DW_COLS;
+
+    var acc = 0.0;
+    if col < p.cols {
+        for (var r = lane; r < p.rows; r += DW_LANES) {
+            let i = r * p.cols + col;
+            acc += dy[i] * ((x[i] - mean[r]) * rstd[r]);
+        }
+    }
+    red_a[lid] = acc;
+    workgroupBarrier();
+    for (var s = DW_LANES / 2u; s > 0u; s >>= 1u) {
+        if lane < s {
+            red_a[lid] += red_a[lid + s * DW_COLS];
+        }
+        workgroupBarrier();
+    }
+    if lane == 0u && col < p.cols {
+        dw[col] = red_a[lid];
+    }
+}

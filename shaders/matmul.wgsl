@@ -1,1 +1,138 @@
-// stub
+// Batched matrix multiply with arbitrary strides.
+//
+//   C[b, i, j] = sum_k A[b, i, k] * B[b, k, j]            (accumulate = 0)
+//   C[b, i, j] = C[b, i, j] + sum_k A[b, i, k] * B[b, k, j] (accumulate = 1)
+//
+// for b < batch, i < M, j < N, k < K. C is row-major [batch, M, N]. A and B are read through
+// strides, so the transposed forms backward needs cost nothing extra:
+//   A[b, i, k] = a[b * a_bs + i * a_rs + k * a_cs]
+//   B[b, k, j] = b[b * b_bs + k * b_rs + j * b_cs]
+// (A row-major [M, K]: a_rs = K, a_cs = 1; Aᵀ stored as [K, M]: a_rs = 1, a_cs = M.)
+// Sums run over k in increasing order in f32.
+//
+// `matmul_tiled`: 64x64 output tile per workgroup, 16x16 invocations each owning a 4x4 block
+// (rows ty + 16 r, columns tx + 16 c), K in steps of 16 staged through workgroup memory
+// (2 x 16 x 64 floats = 8 KiB). Out-of-range loads read 0, so any M, N, K works.
+// `matmul_naive`: one invocation per output element; the reference rung of the ladder.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch: u32,
+    a_rs: u32,
+    a_cs: u32,
+    a_bs: u32,
+    b_rs: u32,
+    b_cs: u32,
+    b_bs: u32,
+    accumulate: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+
+const TILE: u32 = 64u;
+const TK: u32 = 16u;
+
+var<workgroup> tile_a: array<f32, 1024>; // [TK][TILE], k-major
+var<workgroup> tile_b: array<f32, 1024>; // [TK][TILE]
+
+fn load_a(batch: u32, i: u32, kk: u32) -> f32 {
+    if (i < p.m && kk < p.k) {
+        return a[batch * p.a_bs + i * p.a_rs + kk * p.a_cs];
+    }
+    return 0.0;
+}
+
+fn load_b(batch: u32, kk: u32, j: u32) -> f32 {
+    if (kk < p.k && j < p.n) {
+        return b[batch * p.b_bs + kk * p.b_rs + j * p.b_cs];
+    }
+    return 0.0;
+}
+
+fn store_c(batch: u32, i: u32, j: u32, v: f32) {
+    if (i < p.m && j < p.n) {
+        let idx = batch * p.m * p.n + i * p.n + j;
+        if (p.accumulate != 0u) {
+            c[idx] = c[idx] + v;
+        } else {
+            c[idx] = v;
+        }
+    }
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn matmul_tiled(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let batch = wid.z;
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    var acc: array<vec4<f32>, 4>;
+    for (var r = 0u; r < 4u; r++) {
+        acc[r] = vec4<f32>(0.0);
+    }
+    for (var k0 = 0u; k0 < p.k; k0 += TK) {
+        // 1024 elements of each tile, 4 per invocation.
+        for (var l = 0u; l < 4u; l++) {
+            let e = li + l * 256u;
+            // A tile: consecutive invocations walk k, then rows.
+            let ar = e / TK;
+            let ak = e % TK;
+            tile_a[ak * TILE + ar] = load_a(batch, row0 + ar, k0 + ak);
+            // B tile: consecutive invocations walk columns.
+            let bk = e / TILE;
+            let bc = e % TILE;
+            tile_b[bk * TILE + bc] = load_b(batch, k0 + bk, col0 + bc);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            let av = vec4<f32>(
+                tile_a[kk * TILE + lid.y],
+                tile_a[kk * TILE + lid.y + 16u],
+                tile_a[kk * TILE + lid.y + 32u],
+                tile_a[kk * TILE + lid.y + 48u],
+            );
+            let bv = vec4<f32>(
+                tile_b[kk * TILE + lid.x],
+                tile_b[kk * TILE + lid.x + 16u],
+                tile_b[kk * TILE + lid.x + 32u],
+                tile_b[kk * TILE + lid.x + 48u],
+            );
+            acc[0] += av.x * bv;
+            acc[1] += av.y * bv;
+            acc[2] += av.z * bv;
+            acc[3] += av.w * bv;
+        }
+        workgroupBarrier();
+    }
+    for (var r = 0u; r < 4u; r++) {
+        let i = row0 + lid.y + 16u * r;
+        let v = acc[r];
+        store_c(batch, i, col0 + lid.x, v.x);
+        store_c(batch, i, col0 + lid.x + 16u, v.y);
+        store_c(batch, i, col0 + lid.x + 32u, v.z);
+        store_c(batch, i, col0 + lid.x + 48u, v.w);
+    }
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.y;
+    let j = gid.x;
+    let batch = gid.z;
+    if (i >= p.m || j >= p.n) {
+        return;
+    }
+    var s = 0.0;
+    for (var kk = 0u; kk < p.k; kk++) {
+        s += load_a(batch, i, kk) * load_b(batch, kk, j);
+    }
+    store_c(batch, i, j, s);
+}

@@ -1,6 +1,11 @@
 //! selfish: character-level GPT training on any GPU through WebGPU, with the threshold
 //! ("selfish token") cross-entropy of the *Stop Jostling* paper.
 
+pub mod check;
 pub mod gpu;
 pub mod kernels;
 pub mod runtime;
+pub mod rng;
+pub mod checkpoint;
+pub mod data;
+pub mod metrics;

@@ -1,11 +1,423 @@
-use crate::kernels::Launch;
+//! Causal self-attention core: scores, causal softmax and the weighted sum of values, per
+//! head, on the fused `qkv` output of `c_attn` (see `shaders/attention.wgsl` for the math).
+//! Like llm.c, the forward keeps the full `att` matrix so the backward needs no recompute.
+
+use crate::kernels::{grid, w, Launch};
 use crate::runtime::Buf;
 
 /// Attention sizes: batch, sequence length, width, heads (head size = c / nh).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Shape { pub b: u32, pub t: u32, pub c: u32, pub nh: u32 }
+pub struct Shape {
+    pub b: u32,
+    pub t: u32,
+    pub c: u32,
+    pub nh: u32,
+}
 
-pub fn launch_fwd(_s: &Shape, _qkv: Buf, _att: Buf, _y: Buf) -> Launch { todo!() }
-pub fn launch_bwd(_s: &Shape, _qkv: Buf, _att: Buf, _dy: Buf, _datt: Buf, _dqkv: Buf) -> Vec<Launch> { todo!() }
-pub fn cpu_fwd(_s: &Shape, _qkv: &[f32], _att: &mut [f32], _y: &mut [f32]) { todo!() }
-pub fn cpu_bwd(_s: &Shape, _qkv: &[f32], _att: &[f32], _dy: &[f32], _datt: &mut [f32], _dqkv: &mut [f32]) { todo!() }
+impl Shape {
+    /// Head size.
+    pub fn hd(&self) -> u32 {
+        self.c / self.nh
+    }
+
+    /// One row per (batch, head, position): the grid of every entry point.
+    fn rows(&self) -> u32 {
+        self.b * self.nh * self.t
+    }
+
+    fn params(&self) -> Vec<u32> {
+        let hd = self.hd();
+        vec![
+            self.b,
+            self.t,
+            self.c,
+            self.nh,
+            hd,
+            w(1.0 / (hd as f32).sqrt()),
+        ]
+    }
+}
+
+/// `qkv [B,T,3C]` -> `att [B,NH,T,T]` (causal softmax, zero above the diagonal), `y [B,T,C]`.
+pub fn launch_fwd(s: &Shape, qkv: Buf, att: Buf, y: Buf) -> Launch {
+    Launch {
+        shader: "attention",
+        entry: "attention_fwd",
+        params: s.params(),
+        bufs: vec![(1, qkv), (2, att), (3, y)],
+        groups: grid(s.rows()),
+    }
+}
+
+/// Two dispatches: per query row, ds into `datt` and dq; then per key row, dk and dv from
+/// the columns of `datt` and `att`. Splitting by rows and by columns avoids atomics.
+pub fn launch_bwd(s: &Shape, qkv: Buf, att: Buf, dy: Buf, datt: Buf, dqkv: Buf) -> Vec<Launch> {
+    let bufs = vec![(1, qkv), (2, att), (4, dy), (5, datt), (6, dqkv)];
+    vec![
+        Launch {
+            shader: "attention",
+            entry: "attention_bwd_q",
+            params: s.params(),
+            bufs: bufs.clone(),
+            groups: grid(s.rows()),
+        },
+        Launch {
+            shader: "attention",
+            entry: "attention_bwd_kv",
+            params: s.params(),
+            bufs,
+            groups: grid(s.rows()),
+        },
+    ]
+}
+
+/// Sizes as `usize`: (b, t, c, nh, hd).
+fn dims(s: &Shape) -> (usize, usize, usize, usize, usize) {
+    let hd = s.hd() as usize;
+    (s.b as usize, s.t as usize, s.c as usize, s.nh as usize, hd)
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+/// CPU twin of `launch_fwd`; dot products, softmax and the sum over values run in f64.
+pub fn cpu_fwd(s: &Shape, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
+    let (b, t, c, nh, hd) = dims(s);
+    let c3 = 3 * c;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut p = vec![0.0f64; t];
+    for bi in 0..b {
+        let seq = &qkv[bi * t * c3..(bi + 1) * t * c3];
+        for h in 0..nh {
+            let head = |pos: usize, third: usize| {
+                let o = pos * c3 + third * c + h * hd;
+                &seq[o..o + hd]
+            };
+            for ti in 0..t {
+                let q = head(ti, 0);
+                let mut mx = f64::NEG_INFINITY;
+                for (j, pj) in p[..=ti].iter_mut().enumerate() {
+                    *pj = scale * dot(q, head(j, 1));
+                    mx = mx.max(*pj);
+                }
+                let mut sum = 0.0;
+                for pj in &mut p[..=ti] {
+                    *pj = (*pj - mx).exp();
+                    sum += *pj;
+                }
+                let row = &mut att[((bi * nh + h) * t + ti) * t..][..t];
+                for (j, a) in row.iter_mut().enumerate() {
+                    *a = if j <= ti {
+                        p[j] /= sum;
+                        p[j] as f32
+                    } else {
+                        0.0
+                    };
+                }
+                let yo = (bi * t + ti) * c + h * hd;
+                for (d, yd) in y[yo..yo + hd].iter_mut().enumerate() {
+                    let acc: f64 = (0..=ti).map(|j| p[j] * head(j, 2)[d] as f64).sum();
+                    *yd = acc as f32;
+                }
+            }
+        }
+    }
+}
+
+/// CPU twin of `launch_bwd`, in the same two passes (ds and dq per query row, then dk and
+/// dv per key row from the f32 ds stored in `datt`); all sums run in f64.
+pub fn cpu_bwd(
+    s: &Shape,
+    qkv: &[f32],
+    att: &[f32],
+    dy: &[f32],
+    datt: &mut [f32],
+    dqkv: &mut [f32],
+) {
+    let (b, t, c, nh, hd) = dims(s);
+    let c3 = 3 * c;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut dp = vec![0.0f64; t];
+    for bi in 0..b {
+        let seq = &qkv[bi * t * c3..(bi + 1) * t * c3];
+        for h in 0..nh {
+            let head = |pos: usize, third: usize| {
+                let o = pos * c3 + third * c + h * hd;
+                &seq[o..o + hd]
+            };
+            let mat = (bi * nh + h) * t * t;
+            for ti in 0..t {
+                let g = &dy[(bi * t + ti) * c + h * hd..][..hd];
+                let a = &att[mat + ti * t..][..t];
+                let mut total = 0.0;
+                for j in 0..=ti {
+                    dp[j] = dot(g, head(j, 2));
+                    total += a[j] as f64 * dp[j];
+                }
+                let ds = &mut datt[mat + ti * t..][..t];
+                for j in 0..t {
+                    ds[j] = if j <= ti {
+                        (a[j] as f64 * (dp[j] - total)) as f32
+                    } else {
+                        0.0
+                    };
+                }
+                let dq = (bi * t + ti) * c3 + h * hd;
+                for d in 0..hd {
+                    let acc: f64 = (0..=ti).map(|j| ds[j] as f64 * head(j, 1)[d] as f64).sum();
+                    dqkv[dq + d] = (scale * acc) as f32;
+                }
+            }
+            for j in 0..t {
+                let o = (bi * t + j) * c3 + h * hd;
+                for d in 0..hd {
+                    let (mut dk, mut dv) = (0.0f64, 0.0f64);
+                    for ti in j..t {
+                        dk += datt[mat + ti * t + j] as f64 * head(ti, 0)[d] as f64;
+                        dv += att[mat + ti * t + j] as f64
+                            * dy[(bi * t + ti) * c + h * hd + d] as f64;
+                    }
+                    dqkv[o + c + d] = (scale * dk) as f32;
+                    dqkv[o + 2 * c + d] = dv as f32;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::Op;
+    use crate::runtime::{Backend, CpuBackend, Dtype, GpuBackend};
+
+    /// splitmix64, mapped to uniform f32 in [-1, 1).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn f(&mut self) -> f32 {
+            ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+        fn vec(&mut self, n: usize, amp: f32) -> Vec<f32> {
+            (0..n).map(|_| amp * self.f()).collect()
+        }
+    }
+
+    fn sh(b: u32, t: u32, c: u32, nh: u32) -> Shape {
+        Shape { b, t, c, nh }
+    }
+
+    fn sizes(s: &Shape) -> (usize, usize, usize) {
+        let (b, t, c, nh) = (s.b as usize, s.t as usize, s.c as usize, s.nh as usize);
+        (b * t * 3 * c, b * nh * t * t, b * t * c)
+    }
+
+    const SHAPES: &[(u32, u32, u32, u32)] = &[
+        (1, 1, 4, 1),
+        (2, 5, 12, 3),
+        (2, 17, 30, 5),
+        (1, 64, 128, 4),
+        (1, 70, 96, 1),    // t and hd past one workgroup's stride
+        (1, 130, 132, 2),  // hd 66: 2*hd outputs per key row > 64
+        (1, 256, 32, 1),   // longest supported sequence
+        (257, 16, 16, 16), // 65792 rows: the grid's second dimension; head size 1
+    ];
+
+    /// Largest |g - c| / (atol + rtol*|c|); <= 1 passes.
+    fn worst(g: &[f32], c: &[f32], atol: f32, rtol: f32) -> f32 {
+        assert_eq!(g.len(), c.len());
+        g.iter()
+            .zip(c)
+            .map(|(&g, &c)| {
+                assert!(g.is_finite(), "non-finite GPU value {g}");
+                (g - c).abs() / (atol + rtol * c.abs())
+            })
+            .fold(0.0, f32::max)
+    }
+
+    fn max_abs_diff(g: &[f32], c: &[f32]) -> f32 {
+        g.iter()
+            .zip(c)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn cpu_att_rows_are_causal_distributions() {
+        let mut rng = Rng(7);
+        for &(b, t, c, nh) in SHAPES {
+            let s = sh(b, t, c, nh);
+            let (nq, na, ny) = sizes(&s);
+            let qkv = rng.vec(nq, 2.0);
+            let (mut att, mut y) = (vec![9.0; na], vec![9.0; ny]);
+            cpu_fwd(&s, &qkv, &mut att, &mut y);
+            check_causal(&s, &att);
+        }
+    }
+
+    fn check_causal(s: &Shape, att: &[f32]) {
+        let t = s.t as usize;
+        for (r, row) in att.chunks(t).enumerate() {
+            let ti = r % t;
+            let sum: f64 = row[..=ti].iter().map(|&x| x as f64).sum();
+            assert!((sum - 1.0).abs() < 1e-5, "{s:?} row {r} sums to {sum}");
+            assert!(row[..=ti].iter().all(|&x| x > 0.0 && x <= 1.0));
+            assert!(
+                row[ti + 1..].iter().all(|&x| x == 0.0),
+                "{s:?} row {r} not causal"
+            );
+        }
+    }
+
+    /// y for qkv, and L = sum w*y accumulated in f64.
+    fn loss(s: &Shape, qkv: &[f32], wy: &[f32]) -> f64 {
+        let (_, na, ny) = sizes(s);
+        let (mut att, mut y) = (vec![0.0; na], vec![0.0; ny]);
+        cpu_fwd(s, qkv, &mut att, &mut y);
+        y.iter().zip(wy).map(|(&y, &w)| y as f64 * w as f64).sum()
+    }
+
+    /// Central differences on every qkv element against `cpu_bwd` with dy = w.
+    #[test]
+    fn cpu_bwd_matches_finite_differences() {
+        let mut rng = Rng(11);
+        for &(b, t, c, nh) in &[(1, 1, 4, 1), (1, 3, 4, 2), (2, 5, 12, 3), (1, 9, 10, 2)] {
+            let s = sh(b, t, c, nh);
+            let (nq, na, ny) = sizes(&s);
+            let qkv = rng.vec(nq, 1.5);
+            let wy = rng.vec(ny, 1.0);
+            let (mut att, mut y) = (vec![0.0; na], vec![0.0; ny]);
+            cpu_fwd(&s, &qkv, &mut att, &mut y);
+            let (mut datt, mut dqkv) = (vec![5.0; na], vec![5.0; nq]);
+            cpu_bwd(&s, &qkv, &att, &wy, &mut datt, &mut dqkv);
+            let h = 1.0 / 64.0;
+            let mut worst_ratio = 0.0f64;
+            for i in 0..nq {
+                let (mut up, mut dn) = (qkv.clone(), qkv.clone());
+                up[i] += h;
+                dn[i] -= h;
+                let fd = (loss(&s, &up, &wy) - loss(&s, &dn, &wy)) / (up[i] as f64 - dn[i] as f64);
+                let g = dqkv[i] as f64;
+                let ratio = (g - fd).abs() / (2e-4 + 1e-3 * fd.abs());
+                assert!(
+                    ratio <= 1.0,
+                    "{s:?} dqkv[{i}] = {g}, finite difference {fd}"
+                );
+                worst_ratio = worst_ratio.max(ratio);
+            }
+            eprintln!("{s:?}: worst gradient error / tolerance = {worst_ratio:.3}");
+        }
+    }
+
+    fn backends() -> (GpuBackend, CpuBackend) {
+        let gpu = GpuBackend::open(None).unwrap();
+        eprintln!("GPU: {}", gpu.name());
+        (gpu, CpuBackend::new())
+    }
+
+    /// Runs the forward on one backend, starting from garbage in att and y.
+    fn run_fwd(be: &mut dyn Backend, s: &Shape, qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let (nq, na, ny) = sizes(s);
+        let q = be.alloc("qkv", nq, Dtype::F32).unwrap();
+        let a = be.alloc("att", na, Dtype::F32).unwrap();
+        let y = be.alloc("y", ny, Dtype::F32).unwrap();
+        be.write_f32(q, qkv);
+        be.write_f32(a, &vec![7.0; na]);
+        be.write_f32(y, &vec![7.0; ny]);
+        let seq = be
+            .compile(&[Op::AttentionFwd {
+                s: *s,
+                qkv: q,
+                att: a,
+                y,
+            }])
+            .unwrap();
+        be.run(&[seq]).unwrap();
+        (be.read_f32(a).unwrap(), be.read_f32(y).unwrap())
+    }
+
+    /// Runs the backward on one backend, starting from garbage in datt and dqkv.
+    fn run_bwd(
+        be: &mut dyn Backend,
+        s: &Shape,
+        qkv: &[f32],
+        att: &[f32],
+        dy: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (nq, na, ny) = sizes(s);
+        let q = be.alloc("qkv", nq, Dtype::F32).unwrap();
+        let a = be.alloc("att", na, Dtype::F32).unwrap();
+        let g = be.alloc("dy", ny, Dtype::F32).unwrap();
+        let da = be.alloc("datt", na, Dtype::F32).unwrap();
+        let dq = be.alloc("dqkv", nq, Dtype::F32).unwrap();
+        be.write_f32(q, qkv);
+        be.write_f32(a, att);
+        be.write_f32(g, dy);
+        be.write_f32(da, &vec![7.0; na]);
+        be.write_f32(dq, &vec![7.0; nq]);
+        let op = Op::AttentionBwd {
+            s: *s,
+            qkv: q,
+            att: a,
+            dy: g,
+            datt: da,
+            dqkv: dq,
+        };
+        let seq = be.compile(&[op]).unwrap();
+        be.run(&[seq]).unwrap();
+        (be.read_f32(da).unwrap(), be.read_f32(dq).unwrap())
+    }
+
+    #[test]
+    fn gpu_fwd_matches_cpu() {
+        let (mut gpu, mut cpu) = backends();
+        let mut rng = Rng(3);
+        for &(b, t, c, nh) in SHAPES {
+            let s = sh(b, t, c, nh);
+            let (nq, _, _) = sizes(&s);
+            let qkv = rng.vec(nq, 2.0);
+            let (ga, gy) = run_fwd(&mut gpu, &s, &qkv);
+            let (ca, cy) = run_fwd(&mut cpu, &s, &qkv);
+            check_causal(&s, &ga);
+            let (ea, ey) = (worst(&ga, &ca, 1e-6, 1e-4), worst(&gy, &cy, 1e-5, 1e-4));
+            eprintln!(
+                "{s:?}: fwd max |att diff| {:.2e}, |y diff| {:.2e}, worst/tol {ea:.3} {ey:.3}",
+                max_abs_diff(&ga, &ca),
+                max_abs_diff(&gy, &cy)
+            );
+            assert!(ea <= 1.0, "{s:?} att off by {ea} tolerances");
+            assert!(ey <= 1.0, "{s:?} y off by {ey} tolerances");
+        }
+    }
+
+    #[test]
+    fn gpu_bwd_matches_cpu() {
+        let (mut gpu, mut cpu) = backends();
+        let mut rng = Rng(5);
+        for &(b, t, c, nh) in SHAPES {
+            let s = sh(b, t, c, nh);
+            let (nq, na, ny) = sizes(&s);
+            let qkv = rng.vec(nq, 2.0);
+            let dy = rng.vec(ny, 1.0);
+            let (mut att, mut y) = (vec![0.0; na], vec![0.0; ny]);
+            cpu_fwd(&s, &qkv, &mut att, &mut y);
+            let (gda, gdq) = run_bwd(&mut gpu, &s, &qkv, &att, &dy);
+            let (cda, cdq) = run_bwd(&mut cpu, &s, &qkv, &att, &dy);
+            let (ea, eq) = (worst(&gda, &cda, 1e-6, 1e-4), worst(&gdq, &cdq, 1e-5, 1e-4));
+            eprintln!(
+                "{s:?}: bwd max |datt diff| {:.2e}, |dqkv diff| {:.2e}, worst/tol {ea:.3} {eq:.3}",
+                max_abs_diff(&gda, &cda),
+                max_abs_diff(&gdq, &cdq)
+            );
+            assert!(ea <= 1.0, "{s:?} datt off by {ea} tolerances");
+            assert!(eq <= 1.0, "{s:?} dqkv off by {eq} tolerances");
+        }
+    }
+}

@@ -82,6 +82,14 @@ pub enum Op {
         b: Buf,
         c: Buf,
     },
+    /// A named rung of the matmul ladder (`matmul::VARIANTS`), for checks and benchmarks.
+    MatmulVariant {
+        variant: &'static str,
+        s: matmul::Shape,
+        a: Buf,
+        b: Buf,
+        c: Buf,
+    },
     SoftmaxFwd {
         rows: u32,
         cols: u32,
@@ -223,6 +231,13 @@ impl Op {
         use Op::*;
         match *self {
             Matmul { ref s, a, b, c } => vec![matmul::launch(s, a, b, c)],
+            MatmulVariant {
+                variant,
+                ref s,
+                a,
+                b,
+                c,
+            } => vec![matmul::launch_variant(variant, s, a, b, c)],
             SoftmaxFwd { rows, cols, x, y } => vec![softmax::launch_fwd(rows, cols, x, y)],
             SoftmaxBwd { rows, cols, y, dy, dx } => {
                 vec![softmax::launch_bwd(rows, cols, y, dy, dx)]
@@ -323,7 +338,7 @@ impl Op {
     pub fn run_cpu(&self, mem: &mut HostMem) {
         use Op::*;
         match *self {
-            Matmul { ref s, a, b, c } => {
+            Matmul { ref s, a, b, c } | MatmulVariant { ref s, a, b, c, .. } => {
                 let mut out = mem.take(c);
                 matmul::cpu(s, mem.f(a), mem.f(b), &mut out);
                 mem.put(c, out);
