@@ -13,6 +13,10 @@
 // `matmul_tiled`: 64x64 output tile per workgroup, 16x16 invocations each owning a 4x4 block
 // (rows ty + 16 r, columns tx + 16 c), K in steps of 16 staged through workgroup memory
 // (2 x 16 x 64 floats = 8 KiB). Out-of-range loads read 0, so any M, N, K works.
+// `matmul_reg`: 64x32 output tile per workgroup of 8x8 invocations, each owning 8 rows x 4
+// columns (columns 8 apart),
+// loading straight from storage with clamped indices (no workgroup memory, no barriers):
+// cheaper on CPU-like adapters (lavapipe) where caches do what workgroup memory would.
 // `matmul_naive`: one invocation per output element; the reference rung of the ladder.
 
 struct Params {
@@ -135,4 +139,44 @@ fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
         s += load_a(batch, i, kk) * load_b(batch, kk, j);
     }
     store_c(batch, i, j, s);
+}
+
+@compute @workgroup_size(8, 8, 1)
+fn matmul_reg(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let batch = wid.z;
+    let i0 = wid.y * 64u + lid.y * 8u;
+    // Columns interleave across invocations (j0 + 8c) so neighbouring lanes read neighbouring
+    // B elements.
+    let j0 = wid.x * 32u + lid.x;
+    // Clamp so every load is in range; rows/columns past the edge are computed but not stored.
+    var ar: array<u32, 8>;
+    var bc: vec4<u32>;
+    for (var r = 0u; r < 8u; r++) {
+        ar[r] = batch * p.a_bs + min(i0 + r, p.m - 1u) * p.a_rs;
+    }
+    for (var c = 0u; c < 4u; c++) {
+        bc[c] = batch * p.b_bs + min(j0 + 8u * c, p.n - 1u) * p.b_cs;
+    }
+    var acc: array<vec4<f32>, 8>;
+    for (var r = 0u; r < 8u; r++) {
+        acc[r] = vec4<f32>(0.0);
+    }
+    for (var kk = 0u; kk < p.k; kk++) {
+        let ak = kk * p.a_cs;
+        let bk = kk * p.b_rs;
+        let bv = vec4<f32>(b[bc.x + bk], b[bc.y + bk], b[bc.z + bk], b[bc.w + bk]);
+        for (var r = 0u; r < 8u; r++) {
+            acc[r] += a[ar[r] + ak] * bv;
+        }
+    }
+    for (var r = 0u; r < 8u; r++) {
+        let v = acc[r];
+        store_c(batch, i0 + r, j0, v.x);
+        store_c(batch, i0 + r, j0 + 8u, v.y);
+        store_c(batch, i0 + r, j0 + 16u, v.z);
+        store_c(batch, i0 + r, j0 + 24u, v.w);
+    }
 }

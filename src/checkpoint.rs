@@ -190,13 +190,13 @@ pub fn load(path: &Path) -> Result<TensorFile> {
         }
         Err(e) => bail!("cannot open checkpoint '{shown}': {e}: check its permissions"),
     };
-    let size = f
+    let meta = f
         .metadata()
-        .map_err(|e| anyhow!("cannot stat checkpoint '{shown}': {e}: check the path"))?
-        .len();
-    if !f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        .map_err(|e| anyhow!("cannot stat checkpoint '{shown}': {e}: check the path"))?;
+    if !meta.is_file() {
         bail!("checkpoint '{shown}' is not a regular file: pass a .safetensors file");
     }
+    let size = meta.len();
     let not_st = |why: String| {
         anyhow!("checkpoint '{shown}' is not a valid safetensors file ({why}): it may be truncated or of another format; re-create it or pass the right file")
     };

@@ -97,6 +97,9 @@ pub fn ensure_corpus(path: &Path) -> Result<PathBuf> {
 
 fn ensure_file(path: &Path, url: &str, sha256: &str) -> Result<PathBuf> {
     let shown = path.display();
+    if path.is_dir() {
+        bail!("corpus path '{shown}' is a directory: pass a file path, or --data FILE");
+    }
     if path.exists() {
         verify_sha256(path, sha256)?;
         return Ok(path.to_path_buf());
@@ -134,9 +137,14 @@ fn ensure_file(path: &Path, url: &str, sha256: &str) -> Result<PathBuf> {
         let _ = fs::remove_file(&tmp);
         bail!("curl failed to download the corpus ({status}): {by_hand}");
     }
-    if let Err(e) = verify_sha256(&tmp, sha256) {
+    let got = sha256_file(&tmp);
+    if got.as_deref().ok() != Some(sha256) {
         let _ = fs::remove_file(&tmp);
-        bail!("the downloaded corpus is corrupt ({e}): retry, or {by_hand}");
+        let why = match got {
+            Ok(h) => format!("SHA-256 {h}, expected {sha256}"),
+            Err(e) => format!("{e:#}"),
+        };
+        bail!("the downloaded corpus is not the expected file ({why}): retry, or {by_hand}");
     }
     fs::rename(&tmp, path).map_err(|e| {
         anyhow!(

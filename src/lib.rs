@@ -7,6 +7,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod model;
 pub mod runtime;
+pub mod train;
 pub mod rng;
 pub mod checkpoint;
 pub mod data;

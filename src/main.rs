@@ -2,12 +2,120 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
 use selfish::check;
 use selfish::gpu;
-use selfish::runtime::GpuBackend;
+use selfish::data::{self, Dataset};
+use selfish::model::GptConfig;
+use selfish::runtime::{open_backend, GpuBackend};
+use selfish::train::{self, TrainConfig};
+
+/// The corpus path when --data is not given.
+const DEFAULT_DATA: &str = "data/tinyshakespeare.txt";
+
+fn load_dataset(path: Option<&Path>, low_resource_prob: f64) -> Result<Dataset> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => data::ensure_corpus(Path::new(DEFAULT_DATA))?,
+    };
+    let text = data::load_text(&path)?;
+    Dataset::from_text(&text, low_resource_prob)
+}
+
+fn parse_margin(s: &str) -> Result<Option<f32>> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    match s.parse::<f32>() {
+        Ok(m) if m.is_finite() && m >= 0.0 => Ok(Some(m)),
+        _ => bail!("invalid margin '{s}': pass a finite number >= 0, or `off` for plain cross-entropy"),
+    }
+}
+
+fn model_config(a: &ModelArgs, vocab: usize) -> Result<(GptConfig, usize)> {
+    let (mut cfg, mut batch) = match a.config.as_str() {
+        "paper" => (GptConfig::paper(vocab), 12),
+        "large" => (GptConfig::large(vocab), 64),
+        other => bail!("unknown config '{other}': use paper or large"),
+    };
+    if let Some(v) = a.n_layer {
+        cfg.n_layer = v;
+    }
+    if let Some(v) = a.n_head {
+        cfg.n_head = v;
+    }
+    if let Some(v) = a.n_embd {
+        cfg.n_embd = v;
+    }
+    if let Some(v) = a.block_size {
+        cfg.block_size = v;
+    }
+    if let Some(v) = a.batch_size {
+        batch = v;
+    }
+    cfg.validate()?;
+    if batch == 0 {
+        bail!("batch_size must be at least 1 (got 0): pass a positive --batch-size");
+    }
+    Ok((cfg, batch))
+}
+
+fn eval(
+    checkpoint: &Path,
+    data: Option<&Path>,
+    json: bool,
+    batch: usize,
+    backend: Option<&str>,
+) -> Result<ExitCode> {
+    if batch == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let mut be = open_backend(backend)?;
+    let (model, vocab) = train::load_for_inference(be.as_mut(), checkpoint, batch)?;
+    let path = match data {
+        Some(p) => p.to_path_buf(),
+        None => data::ensure_corpus(Path::new(DEFAULT_DATA))?,
+    };
+    let text = data::load_text(&path)?;
+    let text_vocab = data::Vocab::from_text(&text)?;
+    if text_vocab != vocab {
+        bail!(
+            "the alphabet of '{}' ({} characters) differs from the checkpoint's ({} characters): evaluate on the text the model was trained on",
+            path.display(),
+            text_vocab.len(),
+            vocab.len()
+        );
+    }
+    let dataset = Dataset::with_vocab(vocab, &text, 0.0)?;
+    let mut results = Vec::new();
+    for (name, tokens) in train::languages(&dataset, model.cfg.vocab_size) {
+        let m = train::evaluate_language(&model, be.as_mut(), &tokens)?;
+        results.push((name, m));
+    }
+    if json {
+        let obj: serde_json::Map<String, serde_json::Value> = results
+            .iter()
+            .map(|(n, m)| (n.clone(), serde_json::to_value(m).unwrap()))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&obj)?);
+    } else {
+        println!(
+            "{:<8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8}",
+            "language", "tokens", "loss", "ppl", "best ppl", "at T", "acc", "rec@5", "MRR"
+        );
+        for (n, m) in &results {
+            println!(
+                "{:<8} {:>8} {:>8.4} {:>8.3} {:>9.3} {:>8.2} {:>8.4} {:>8.4} {:>8.4}",
+                n, m.tokens, m.loss, m.ppl, m.best_ppl, m.best_temperature, m.accuracy, m.recall_at_5, m.mrr
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 #[derive(Parser)]
 #[command(
@@ -20,8 +128,98 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Model size flags shared by `train` and `experiment`.
+#[derive(clap::Args, Clone, Debug)]
+struct ModelArgs {
+    /// paper (4 layers, 4 heads, width 128, block 64, batch 12) or large (6, 6, 384, 256, 64).
+    #[arg(long, default_value = "paper")]
+    config: String,
+    #[arg(long)]
+    n_layer: Option<usize>,
+    #[arg(long)]
+    n_head: Option<usize>,
+    #[arg(long)]
+    n_embd: Option<usize>,
+    #[arg(long)]
+    block_size: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Train the character-level GPT (plain or threshold cross-entropy).
+    Train {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Text file to train on (default: tiny Shakespeare, downloaded to data/ when missing).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Threshold margin (a number >= 0), or `off` for plain cross-entropy.
+        #[arg(long, default_value = "off")]
+        margin: String,
+        #[arg(long, default_value_t = 8000)]
+        steps: u64,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f32,
+        #[arg(long, default_value_t = 1e-4)]
+        min_lr: f32,
+        #[arg(long, default_value_t = 100)]
+        warmup: u64,
+        /// Share of training sequences written in the shifted (low-resource) alphabet; 0 for one language.
+        #[arg(long, default_value_t = 0.02)]
+        low_resource_prob: f64,
+        #[arg(long, default_value_t = 1337)]
+        seed: u64,
+        /// Steps between validation losses and checkpoints (0: only at the end).
+        #[arg(long, default_value_t = 500)]
+        eval_interval: u64,
+        /// Validation batches per language at each eval.
+        #[arg(long, default_value_t = 20)]
+        eval_batches: usize,
+        #[arg(long, default_value_t = 50)]
+        log_interval: u64,
+        /// Output folder for model.safetensors, state.safetensors and metrics.jsonl.
+        #[arg(long, default_value = "runs/default")]
+        out: PathBuf,
+        /// Continue from the checkpoint in --out.
+        #[arg(long)]
+        resume: bool,
+        /// vulkan, metal, dx12, gl, or cpu (the CPU twins).
+        #[arg(long)]
+        backend: Option<String>,
+    },
+    /// Per-language loss, perplexity (with a temperature sweep), accuracy, recall@5 and MRR.
+    Eval {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 12)]
+        batch_size: usize,
+        #[arg(long)]
+        backend: Option<String>,
+    },
+    /// Generate text from a checkpoint.
+    Sample {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long, default_value = "\n")]
+        prompt: String,
+        #[arg(long, default_value_t = 200)]
+        tokens: usize,
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// base or shifted (the low-resource alphabet, when the model has it).
+        #[arg(long, default_value = "base")]
+        alphabet: String,
+        #[arg(long)]
+        backend: Option<String>,
+    },
     /// List every GPU adapter wgpu can see, with the limits that matter for training.
     Devices {
         /// Only this backend: vulkan, metal, dx12 or gl.
@@ -70,6 +268,95 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
+        Cmd::Train {
+            model,
+            data,
+            margin,
+            steps,
+            lr,
+            min_lr,
+            warmup,
+            low_resource_prob,
+            seed,
+            eval_interval,
+            eval_batches,
+            log_interval,
+            out,
+            resume,
+            backend,
+        } => {
+            let dataset = load_dataset(data.as_deref(), low_resource_prob)?;
+            let (cfg, batch_size) = model_config(&model, dataset.model_vocab())?;
+            if !(lr > 0.0 && lr.is_finite()) || !(min_lr >= 0.0 && min_lr.is_finite()) {
+                bail!("learning rate must be > 0 (got --lr {lr}, --min-lr {min_lr}): pass positive values");
+            }
+            if steps == 0 {
+                bail!("--steps must be at least 1");
+            }
+            let tc = TrainConfig {
+                model: cfg,
+                batch_size,
+                steps,
+                lr,
+                min_lr,
+                warmup,
+                margin: parse_margin(&margin)?,
+                low_resource_prob,
+                seed,
+                eval_interval,
+                eval_batches,
+                log_interval,
+            };
+            let mut be = open_backend(backend.as_deref())?;
+            eprintln!(
+                "training on {}: {} parameters, {} steps, loss {}",
+                be.name(),
+                cfg.num_params(),
+                steps,
+                tc.margin.map_or("plain cross-entropy".into(), |m| format!("threshold, margin {m}"))
+            );
+            let s = train::train(be.as_mut(), &dataset, &tc, &out, resume, true)?;
+            println!(
+                "final training loss {:.4}; checkpoint {}",
+                s.final_loss,
+                train::model_path(&out).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Eval {
+            checkpoint,
+            data,
+            json,
+            batch_size,
+            backend,
+        } => eval(&checkpoint, data.as_deref(), json, batch_size, backend.as_deref()),
+        Cmd::Sample {
+            checkpoint,
+            prompt,
+            tokens,
+            temperature,
+            seed,
+            alphabet,
+            backend,
+        } => {
+            let mut be = open_backend(backend.as_deref())?;
+            let (model, vocab) = train::load_for_inference(be.as_mut(), &checkpoint, 1)?;
+            let prompt = prompt.replace("\\n", "\n");
+            if prompt.is_empty() {
+                bail!("--prompt is empty: give at least one character");
+            }
+            let shift = match alphabet.as_str() {
+                "base" => 0,
+                "shifted" if model.cfg.vocab_size == 2 * vocab.len() => vocab.len() as u32,
+                "shifted" => bail!("this model has no shifted alphabet (it was trained with --low-resource-prob 0): use --alphabet base"),
+                other => bail!("unknown alphabet '{other}': use base or shifted"),
+            };
+            let ids: Vec<u32> = vocab.encode(&prompt)?.iter().map(|&i| i + shift).collect();
+            let mut rng = selfish::rng::Rng::new(seed);
+            let out = train::sample(&model, be.as_mut(), &ids, tokens, temperature, &mut rng)?;
+            println!("{}{}", prompt, vocab.decode(&out));
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Devices { backend, json } => devices(backend.as_deref(), json),
         Cmd::Check {
             backend,

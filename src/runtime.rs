@@ -147,6 +147,8 @@ impl Backend for CpuBackend {
 // GPU
 
 struct Prepared {
+    /// `shader::entry`, for profiles.
+    label: String,
     pipeline: usize,
     bind_group: wgpu::BindGroup,
     groups: [u32; 3],
@@ -261,11 +263,52 @@ impl GpuBackend {
             bail!("bind group for {}::{} failed: {e}", l.shader, l.entry);
         }
         Ok(Prepared {
+            label: format!("{}::{}", l.shader, l.entry),
             pipeline,
             bind_group,
             groups: l.groups,
             _uniform: uniform,
         })
+    }
+}
+
+impl GpuBackend {
+    /// Wall-clock seconds per dispatch label over `reps` runs of `seqs`, each dispatch
+    /// submitted and waited for alone. Slower than a real step; it shows where time goes.
+    pub fn profile(&mut self, seqs: &[Seq], reps: usize) -> Result<Vec<(String, f64, usize)>> {
+        let mut totals: Vec<(String, f64, usize)> = Vec::new();
+        for _ in 0..reps {
+            for s in seqs {
+                for i in 0..self.seqs[s.0].len() {
+                    let p = &self.seqs[s.0][i];
+                    let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+                    {
+                        let mut pass = enc.begin_compute_pass(&Default::default());
+                        pass.set_pipeline(&self.pipelines[p.pipeline]);
+                        pass.set_bind_group(0, &p.bind_group, &[]);
+                        pass.dispatch_workgroups(p.groups[0], p.groups[1], p.groups[2]);
+                    }
+                    let t0 = std::time::Instant::now();
+                    self.gpu.queue.submit([enc.finish()]);
+                    self.finish()?;
+                    let dt = t0.elapsed().as_secs_f64();
+                    let label = self.seqs[s.0][i].label.clone();
+                    match totals.iter_mut().find(|t| t.0 == label) {
+                        Some(t) => {
+                            t.1 += dt;
+                            t.2 += 1;
+                        }
+                        None => totals.push((label, dt, 1)),
+                    }
+                }
+            }
+        }
+        for t in &mut totals {
+            t.1 /= reps as f64;
+            t.2 /= reps;
+        }
+        totals.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(totals)
     }
 }
 

@@ -50,25 +50,30 @@ impl Shape {
 }
 
 /// Kernel versions, slowest first.
-pub const VARIANTS: &[&str] = &["naive", "tiled"];
+pub const VARIANTS: &[&str] = &["naive", "tiled", "reg"];
+
+/// Variant the model uses: fastest on lavapipe (see BENCHMARKS.md).
+pub const DEFAULT_VARIANT: &str = "reg";
 
 /// The default (fastest) variant.
 pub fn launch(s: &Shape, a: Buf, b: Buf, c: Buf) -> Launch {
-    launch_variant("tiled", s, a, b, c)
+    launch_variant(DEFAULT_VARIANT, s, a, b, c)
 }
 
 pub fn launch_variant(variant: &str, s: &Shape, a: Buf, b: Buf, c: Buf) -> Launch {
     assert!(s.batch <= MAX_GROUPS, "matmul batch over {MAX_GROUPS}");
-    let (entry, tile) = match variant {
-        "naive" => ("matmul_naive", 16),
-        _ => ("matmul_tiled", 64),
+    // (entry point, rows, columns) of C per workgroup
+    let (entry, tm, tn) = match variant {
+        "naive" => ("matmul_naive", 16, 16),
+        "tiled" => ("matmul_tiled", 64, 64),
+        _ => ("matmul_reg", 64, 32),
     };
     Launch {
         shader: "matmul",
         entry,
         params: s.params(),
         bufs: vec![(1, a), (2, b), (3, c)],
-        groups: [s.n.div_ceil(tile), s.m.div_ceil(tile), s.batch],
+        groups: [s.n.div_ceil(tn), s.m.div_ceil(tm), s.batch],
     }
 }
 
