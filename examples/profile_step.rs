@@ -14,7 +14,11 @@ fn main() -> anyhow::Result<()> {
     let prof = gpu.profile(&[model.forward, model.backward, model.optimize], 2)?;
     let total: f64 = prof.iter().map(|p| p.1).sum();
     for (label, secs, n) in prof {
-        println!("{label:<40} {n:>3} dispatches {:>9.2} ms {:>5.1}%", secs * 1e3, 100.0 * secs / total);
+        println!(
+            "{label:<40} {n:>3} dispatches {:>9.2} ms {:>5.1}%",
+            secs * 1e3,
+            100.0 * secs / total
+        );
     }
     println!("total {:.1} ms", total * 1e3);
     Ok(())

@@ -7,16 +7,19 @@
 // Bindings: gelu_fwd and the probe: x = 1, y = 2; gelu_bwd: x = 1, dy = 3, dx = 4.
 // 256 invocations per workgroup, i = (wid.x + wid.y * nwg.x) * 256 + lid.x, i < n.
 //
-// WGSL has no erf. Ours uses only multiplies and adds (so its accuracy does not depend on
-// the driver's exp) in three pieces on a = |x|; the coefficients are least-squares fits in
-// f64 at Chebyshev nodes, rounded to f32, made and checked by tools/fit_erf.py (max abs error
-// 5e-8 simulated in f32 over -6..6 and huge values):
-//   a < 0.875:       erf(x)  = x + x * S(x^2)
-//   0.875 <= a < 2:  erfc(a) = M(a - 1.4375)
-//   2 <= a < 4:      erfc(a) = T(a - 3)
-//   a >= 4:          erfc(a) = 0   (erfc(4) = 1.5e-8, under half an f32 ulp of 1)
-// Phi(x) = 0.5 * erfc(-x / sqrt 2) is taken from the same pieces, so its left tail keeps
-// its relative accuracy instead of cancelling in 1 + erf.
+// WGSL has no erf, and its exp() may be off by 3 + 2|x| ulp, so both are built here from
+// multiplies, adds and two small tables. With a = |x| (for erf) or |x| / sqrt 2 (for Phi):
+//   a < 0.875:          erf(x)  = x + x * S(x^2)
+//   0.875 <= a < 1.25:  erfc(a) = M(a - 1.0625)
+//   1.25 <= a < 9:      erfc(a) = exp(-a^2) * T(1 / a)
+//   a >= 9:             erfc(a) = 0   (erfc(9) = 4e-37)
+// and exp(-r) = E(r) for -0.5 <= r <= 0.6 (exp_neg_sq builds exp(-v^2) from it).
+// S, M, T and E are least-squares fits in f64 at Chebyshev nodes, weighted for relative
+// error, rounded to f32: made and checked by tools/fit_erf.py, which runs this arithmetic in
+// float32 and finds max abs error 4.8e-8 for erf, max relative error 4.2e-7 for Phi and
+// 2.6e-7 for exp(-x^2 / 2). Phi(x) = 0.5 * erfc(-x / sqrt 2) is taken from the erfc pieces,
+// so its left tail keeps its relative accuracy instead of cancelling in 1 + erf, and its
+// exp(-x^2 / 2) comes from x itself, not from a rounded x / sqrt 2.
 
 struct Params {
     n: u32,
@@ -30,54 +33,92 @@ struct Params {
 
 const FRAC_1_SQRT_2: f32 = 0.70710678118654752;
 const FRAC_1_SQRT_2PI: f32 = 0.39894228040143268;
+// exp(-8j) and exp(-i), so exp(-n) = EXP_NEG_8[n >> 3] * EXP_NEG_1[n & 7] for n <= 87.
+const EXP_NEG_8 = array<f32, 11>(
+    1.000000000e+00, 3.354626242e-04, 1.125351758e-07, 3.775134372e-11,
+    1.266416578e-14, 4.248354131e-18, 1.425164038e-21, 4.780892995e-25,
+    1.603810939e-28, 5.380185922e-32, 1.804851329e-35,
+);
+const EXP_NEG_1 = array<f32, 8>(
+    1.000000000e+00, 3.678794503e-01, 1.353352815e-01, 4.978706688e-02,
+    1.831563935e-02, 6.737946998e-03, 2.478752285e-03, 9.118819726e-04,
+);
+
+// exp(-r) for -0.5 <= r <= 0.6.
+fn exp_small(r: f32) -> f32 {
+    var q = -2.601577535e-06;
+    q = q * r + 2.495870831e-05;
+    q = q * r + -1.985061535e-04;
+    q = q * r + 1.388858422e-03;
+    q = q * r + -8.333315141e-03;
+    q = q * r + 4.166666791e-02;
+    q = q * r + -1.666666716e-01;
+    q = q * r + 5.000000000e-01;
+    q = q * r + -1.000000000e+00;
+    q = q * r + 1.000000000e+00;
+    return q;
+}
+
+// exp(-s v^2) for v >= 0, s a power of two, s v^2 <= 87, to ~2.6e-7 relative. v = h + (v - h)
+// with h keeping 12 significant bits makes s v^2 = hi + lo with hi = s h^2 exact, so v^2 is
+// never rounded as a whole (that alone would cost up to v^2 * 6e-8); then hi = n + f exactly,
+// n = round(hi). Nothing subtracts nearly equal rounded values, so a compiler that
+// reassociates float math (Mesa's does) cannot spoil the result.
+fn exp_neg_sq(v: f32, s: f32) -> f32 {
+    let h = bitcast<f32>(bitcast<u32>(v) & 0xfffff000u);
+    let hi = s * (h * h);
+    let lo = s * ((v - h) * (v + h));
+    let n = round(hi);
+    let i = min(u32(n), 87u);
+    return (EXP_NEG_8[i >> 3u] * EXP_NEG_1[i & 7u]) * (exp_small(hi - n) * exp_small(lo));
+}
 
 // erf(x) for |x| < 0.875.
 fn erf_small(x: f32) -> f32 {
     let u = x * x;
-    var r = 8.737627650e-05;
-    r = r * u + -8.225873462e-04;
-    r = r * u + 5.208075512e-03;
-    r = r * u + -2.686214447e-02;
-    r = r * u + 1.128374413e-01;
-    r = r * u + -3.761263788e-01;
-    r = r * u + 1.283791661e-01;
-    return x + x * r;
+    var q = 8.713623538e-05;
+    q = q * u + -8.216522401e-04;
+    q = q * u + 5.206875503e-03;
+    q = q * u + -2.686147951e-02;
+    q = q * u + 1.128372848e-01;
+    q = q * u + -3.761263490e-01;
+    q = q * u + 1.283791661e-01;
+    return x + x * q;
 }
 
-// erfc(a) for a >= 0.875.
-fn erfc_large(a: f32) -> f32 {
-    if a >= 4.0 {
+// erfc(a) for 0.875 <= a, given e = exp(-a^2) for a < 9 (the caller computes it from its own,
+// unrounded argument).
+fn erfc_large(a: f32, e: f32) -> f32 {
+    if a < 1.25 {
+        let t = a - 1.0625;
+        var q = 5.564567167e-03;
+        q = q * t + -1.245030761e-02;
+        q = q * t + -1.068566367e-02;
+        q = q * t + 6.627818942e-02;
+        q = q * t + -4.795879498e-02;
+        q = q * t + -1.529931128e-01;
+        q = q * t + 3.877093196e-01;
+        q = q * t + -3.649028838e-01;
+        q = q * t + 1.329417378e-01;
+        return q;
+    }
+    if a >= 9.0 {
         return 0.0;
     }
-    if a < 2.0 {
-        let t = a - 1.4375;
-        var r = -1.482801454e-04;
-        r = r * t + -1.457560691e-03;
-        r = r * t + 3.346098820e-03;
-        r = r * t + 3.241761355e-03;
-        r = r * t + -2.111017145e-02;
-        r = r * t + 2.247778513e-02;
-        r = r * t + 3.878314048e-02;
-        r = r * t + -1.492248476e-01;
-        r = r * t + 2.054159045e-01;
-        r = r * t + -1.428980231e-01;
-        r = r * t + 4.205939546e-02;
-        return r;
-    }
-    let t = a - 3.0;
-    var r = 9.467147720e-06;
-    r = r * t + -2.211729043e-05;
-    r = r * t + -1.189712657e-05;
-    r = r * t + 1.411225967e-04;
-    r = r * t + -3.918769071e-04;
-    r = r * t + 7.350007072e-04;
-    r = r * t + -1.016149879e-03;
-    r = r * t + 1.045075478e-03;
-    r = r * t + -7.891516434e-04;
-    r = r * t + 4.177030642e-04;
-    r = r * t + -1.392511913e-04;
-    r = r * t + 2.209125705e-05;
-    return r;
+    let t = 1.0 / a;
+    var q = -1.332918704e-01;
+    q = q * t + 6.150479913e-01;
+    q = q * t + -1.121841192e+00;
+    q = q * t + 8.433716297e-01;
+    q = q * t + 2.316419929e-01;
+    q = q * t + -1.021047592e+00;
+    q = q * t + 8.092288375e-01;
+    q = q * t + -8.995131403e-02;
+    q = q * t + -2.686014771e-01;
+    q = q * t + -1.270460780e-03;
+    q = q * t + 5.642578602e-01;
+    q = q * t + -1.592589797e-06;
+    return e * q;
 }
 
 fn erf(x: f32) -> f32 {
@@ -85,18 +126,20 @@ fn erf(x: f32) -> f32 {
     if a < 0.875 {
         return erf_small(x);
     }
-    let e = 1.0 - erfc_large(a);
+    let ac = min(a, 9.0);
+    let e = 1.0 - erfc_large(ac, exp_neg_sq(ac, 1.0));
     return select(-e, e, x >= 0.0);
 }
 
-// Standard normal CDF.
+// Standard normal CDF, Phi(x) = 0.5 * erfc(-x / sqrt 2).
 fn norm_cdf(x: f32) -> f32 {
     let z = x * FRAC_1_SQRT_2;
     let a = abs(z);
     if a < 0.875 {
         return 0.5 + 0.5 * erf_small(z);
     }
-    let c = 0.5 * erfc_large(a);
+    // exp(-z^2) = exp(-x^2 / 2); Phi is 0 or 1 in f32 past |x| = 12.75 (a = 9).
+    let c = 0.5 * erfc_large(min(a, 9.0), exp_neg_sq(min(abs(x), 12.75), 0.5));
     return select(1.0 - c, c, z < 0.0);
 }
 
@@ -123,10 +166,9 @@ fn gelu_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         return;
     }
     let v = x[i];
-    // x * phi(x) is below 1e-21 past |x| = 10, so call it 0 there; the clamp keeps x * x
-    // finite for huge x.
-    let c = clamp(v, -10.0, 10.0);
-    let x_density = select(0.0, c * FRAC_1_SQRT_2PI * exp(-0.5 * c * c), abs(v) < 10.0);
+    // x * phi(x) is below 3e-36 past |x| = 13: call it 0 there.
+    let density = FRAC_1_SQRT_2PI * exp_neg_sq(min(abs(v), 13.0), 0.5);
+    let x_density = select(0.0, v * density, abs(v) < 13.0);
     dx[i] = dy[i] * (norm_cdf(v) + x_density);
 }
 

@@ -32,6 +32,9 @@ pub struct BufSpec {
     pub init: Init,
 }
 
+/// Makes a case's ops from its allocated buffers.
+pub type OpBuilder = Box<dyn Fn(&[Buf]) -> Vec<Op>>;
+
 /// One row of the report.
 pub struct Case {
     /// Kernel name as in `shaders/<op>.wgsl` plus the entry or direction.
@@ -39,7 +42,7 @@ pub struct Case {
     pub shape: String,
     pub bufs: Vec<BufSpec>,
     /// Builds the ops from the allocated buffers (same order as `bufs`).
-    pub ops: Box<dyn Fn(&[Buf]) -> Vec<Op>>,
+    pub ops: OpBuilder,
     /// Indices into `bufs` to compare.
     pub outputs: Vec<usize>,
     /// Allowed max |gpu - cpu| relative to max |cpu| of that output.
@@ -78,16 +81,9 @@ fn out(label: &'static str, len: usize) -> BufSpec {
     f(label, len, Init::Zero)
 }
 
-fn matmul_case(
-    variant: &'static str,
-    batch: u32,
-    m: u32,
-    n: u32,
-    k: u32,
-    trans_a: bool,
-    trans_b: bool,
-    accumulate: bool,
-) -> Case {
+/// `batch` products of `[m x k]·[k x n]`, with `(trans_a, trans_b, accumulate)` flags.
+fn matmul_case(variant: &'static str, [batch, m, n, k]: [u32; 4], flags: [bool; 3]) -> Case {
+    let [trans_a, trans_b, accumulate] = flags;
     let s = matmul::Shape {
         batch,
         m,
@@ -149,19 +145,23 @@ pub fn cases() -> Vec<Case> {
         (1, 65, 130, 257),
     ] {
         for &(ta, tb) in &[(false, false), (true, false), (false, true), (true, true)] {
-            v.push(matmul_case(matmul::DEFAULT_VARIANT, batch, m, n, k, ta, tb, false));
+            v.push(matmul_case(
+                matmul::DEFAULT_VARIANT,
+                [batch, m, n, k],
+                [ta, tb, false],
+            ));
         }
     }
     let d = matmul::DEFAULT_VARIANT;
-    v.push(matmul_case(d, 3, 17, 65, 33, false, true, true));
-    v.push(matmul_case(d, 1, 768, 384, 128, false, true, false)); // c_attn forward
-    v.push(matmul_case(d, 1, 768, 130, 128, false, true, false)); // lm head
-    v.push(matmul_case(d, 1, 512, 128, 768, true, false, false)); // c_fc weight grad
-    v.push(matmul_case(d, 1, 768, 128, 512, false, false, true)); // c_proj input grad
-    v.push(matmul_case("tiled", 2, 17, 65, 33, false, true, false));
-    v.push(matmul_case("tiled", 1, 65, 130, 257, true, false, true));
-    v.push(matmul_case("naive", 2, 17, 65, 33, false, false, false));
-    v.push(matmul_case("naive", 1, 65, 130, 257, true, true, true));
+    v.push(matmul_case(d, [3, 17, 65, 33], [false, true, true]));
+    v.push(matmul_case(d, [1, 768, 384, 128], [false, true, false])); // c_attn forward
+    v.push(matmul_case(d, [1, 768, 130, 128], [false, true, false])); // lm head
+    v.push(matmul_case(d, [1, 512, 128, 768], [true, false, false])); // c_fc weight grad
+    v.push(matmul_case(d, [1, 768, 128, 512], [false, false, true])); // c_proj input grad
+    v.push(matmul_case("tiled", [2, 17, 65, 33], [false, true, false]));
+    v.push(matmul_case("tiled", [1, 65, 130, 257], [true, false, true]));
+    v.push(matmul_case("naive", [2, 17, 65, 33], [false, false, false]));
+    v.push(matmul_case("naive", [1, 65, 130, 257], [true, true, true]));
 
     for &(rows, cols) in &[(1u32, 1u32), (3, 17), (5, 257), (768, 130)] {
         let n = (rows * cols) as usize;
@@ -386,12 +386,7 @@ pub fn cases() -> Vec<Case> {
     }
 
     for &(bb, t, c, vv) in &[(1u32, 1u32, 1u32, 2u32), (2, 5, 7, 13), (12, 64, 128, 130)] {
-        let s = embedding::Shape {
-            b: bb,
-            t,
-            c,
-            v: vv,
-        };
+        let s = embedding::Shape { b: bb, t, c, v: vv };
         let (bu, tu, cu, vu) = (bb as usize, t as usize, c as usize, vv as usize);
         for accumulate in [false, true] {
             v.push(Case {
@@ -548,7 +543,9 @@ fn setup(be: &mut dyn Backend, case: &Case, seed: u64) -> Result<Vec<Buf>> {
         let b = be.alloc(spec.label, spec.len, spec.dtype)?;
         match (spec.init, spec.dtype) {
             (Init::Tokens(n), _) => {
-                let data: Vec<u32> = (0..spec.len).map(|_| rng.below(n as usize) as u32).collect();
+                let data: Vec<u32> = (0..spec.len)
+                    .map(|_| rng.below(n as usize) as u32)
+                    .collect();
                 be.write_u32(b, &data);
             }
             (init, _) => {

@@ -105,7 +105,10 @@ impl Fixture {
             v.iter()
                 .map(|&i| {
                     if i < 0 || i as usize >= cfg.vocab_size {
-                        bail!("fixture {name} holds id {i}, outside vocab_size {}", cfg.vocab_size)
+                        bail!(
+                            "fixture {name} holds id {i}, outside vocab_size {}",
+                            cfg.vocab_size
+                        )
                     }
                     Ok(i as u32)
                 })
@@ -145,11 +148,23 @@ pub fn check_fixture(be: &mut dyn Backend, dir: &Path) -> Result<Vec<Row>> {
         }
         let loss = be.read_f32(model.loss)?;
         let key = format!("loss.{tag}");
-        rows.push(compare(&key, &[1], &loss, exp.expect_f32(&key, &[1])?, TOL_LOGITS));
+        rows.push(compare(
+            &key,
+            &[1],
+            &loss,
+            exp.expect_f32(&key, &[1])?,
+            TOL_LOGITS,
+        ));
         for (s, g) in specs.iter().zip(&model.grads) {
             let key = format!("grad.{tag}.{}", s.name);
             let got = be.read_f32(*g)?;
-            rows.push(compare(&key, &s.shape, &got, exp.expect_f32(&key, &s.shape)?, TOL_GRAD));
+            rows.push(compare(
+                &key,
+                &s.shape,
+                &got,
+                exp.expect_f32(&key, &s.shape)?,
+                TOL_GRAD,
+            ));
         }
 
         if margin.is_some() {
@@ -163,15 +178,33 @@ pub fn check_fixture(be: &mut dyn Backend, dir: &Path) -> Result<Vec<Row>> {
                 losses.push(be.read_f32(model.loss)?[0]);
                 norms.push(be.read_f32(model.norm)?[0]);
             }
-            rows.push(compare("adamw.losses", &[steps], &losses, want_losses, TOL_LOGITS));
+            rows.push(compare(
+                "adamw.losses",
+                &[steps],
+                &losses,
+                want_losses,
+                TOL_LOGITS,
+            ));
             for (k, &n) in norms.iter().enumerate() {
                 let key = format!("gradnorm.step{k}");
-                rows.push(compare(&key, &[1], &[n], exp.expect_f32(&key, &[1])?, TOL_GRAD));
+                rows.push(compare(
+                    &key,
+                    &[1],
+                    &[n],
+                    exp.expect_f32(&key, &[1])?,
+                    TOL_GRAD,
+                ));
             }
             for (s, p) in specs.iter().zip(&model.params) {
                 let key = format!("after.{}", s.name);
                 let got = be.read_f32(*p)?;
-                rows.push(compare(&key, &s.shape, &got, exp.expect_f32(&key, &s.shape)?, TOL_AFTER));
+                rows.push(compare(
+                    &key,
+                    &s.shape,
+                    &got,
+                    exp.expect_f32(&key, &s.shape)?,
+                    TOL_AFTER,
+                ));
             }
         }
     }

@@ -58,7 +58,9 @@ impl Gpu {
         let inst = instance(backends);
         let adapter = pollster::block_on(async {
             if std::env::var_os("WGPU_ADAPTER_NAME").is_some() {
-                wgpu::util::initialize_adapter_from_env(&inst, None).await.ok()
+                wgpu::util::initialize_adapter_from_env(&inst, None)
+                    .await
+                    .ok()
             } else {
                 inst.request_adapter(&wgpu::RequestAdapterOptions {
                     power_preference: wgpu::PowerPreference::HighPerformance,
@@ -71,7 +73,10 @@ impl Gpu {
         .ok_or_else(|| anyhow!(no_adapter_message(backends)))?;
         let info = adapter.get_info();
         let downlevel = adapter.get_downlevel_capabilities();
-        if !downlevel.flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
+        if !downlevel
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        {
             bail!(
                 "adapter '{}' ({:?}) cannot run compute shaders: pick another `--backend`",
                 info.name,

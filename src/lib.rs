@@ -2,13 +2,13 @@
 //! ("selfish token") cross-entropy of the *Stop Jostling* paper.
 
 pub mod check;
+pub mod checkpoint;
+pub mod data;
 pub mod fixture;
 pub mod gpu;
 pub mod kernels;
+pub mod metrics;
 pub mod model;
+pub mod rng;
 pub mod runtime;
 pub mod train;
-pub mod rng;
-pub mod checkpoint;
-pub mod data;
-pub mod metrics;

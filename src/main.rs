@@ -8,8 +8,8 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
 use selfish::check;
-use selfish::gpu;
 use selfish::data::{self, Dataset};
+use selfish::gpu;
 use selfish::model::GptConfig;
 use selfish::runtime::{open_backend, GpuBackend};
 use selfish::train::{self, TrainConfig};
@@ -32,7 +32,9 @@ fn parse_margin(s: &str) -> Result<Option<f32>> {
     }
     match s.parse::<f32>() {
         Ok(m) if m.is_finite() && m >= 0.0 => Ok(Some(m)),
-        _ => bail!("invalid margin '{s}': pass a finite number >= 0, or `off` for plain cross-entropy"),
+        _ => bail!(
+            "invalid margin '{s}': pass a finite number >= 0, or `off` for plain cross-entropy"
+        ),
     }
 }
 
@@ -110,7 +112,15 @@ fn eval(
         for (n, m) in &results {
             println!(
                 "{:<8} {:>8} {:>8.4} {:>8.3} {:>9.3} {:>8.2} {:>8.4} {:>8.4} {:>8.4}",
-                n, m.tokens, m.loss, m.ppl, m.best_ppl, m.best_temperature, m.accuracy, m.recall_at_5, m.mrr
+                n,
+                m.tokens,
+                m.loss,
+                m.ppl,
+                m.best_ppl,
+                m.best_temperature,
+                m.accuracy,
+                m.recall_at_5,
+                m.mrr
             );
         }
     }
@@ -156,7 +166,7 @@ enum Cmd {
         #[arg(long)]
         data: Option<PathBuf>,
         /// Threshold margin (a number >= 0), or `off` for plain cross-entropy.
-        #[arg(long, default_value = "off")]
+        #[arg(long, default_value = "off", allow_hyphen_values = true)]
         margin: String,
         #[arg(long, default_value_t = 8000)]
         steps: u64,
@@ -185,6 +195,9 @@ enum Cmd {
         /// Continue from the checkpoint in --out.
         #[arg(long)]
         resume: bool,
+        /// Stop with a checkpoint after this step (the schedule still spans --steps); --resume later.
+        #[arg(long)]
+        stop_after: Option<u64>,
         /// vulkan, metal, dx12, gl, or cpu (the CPU twins).
         #[arg(long)]
         backend: Option<String>,
@@ -283,11 +296,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             log_interval,
             out,
             resume,
+            stop_after,
             backend,
         } => {
             let dataset = load_dataset(data.as_deref(), low_resource_prob)?;
             let (cfg, batch_size) = model_config(&model, dataset.model_vocab())?;
-            if !(lr > 0.0 && lr.is_finite()) || !(min_lr >= 0.0 && min_lr.is_finite()) {
+            if !(lr > 0.0 && lr.is_finite() && min_lr >= 0.0 && min_lr.is_finite()) {
                 bail!("learning rate must be > 0 (got --lr {lr}, --min-lr {min_lr}): pass positive values");
             }
             if steps == 0 {
@@ -306,6 +320,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 eval_interval,
                 eval_batches,
                 log_interval,
+                stop_after,
             };
             let mut be = open_backend(backend.as_deref())?;
             eprintln!(
@@ -313,7 +328,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 be.name(),
                 cfg.num_params(),
                 steps,
-                tc.margin.map_or("plain cross-entropy".into(), |m| format!("threshold, margin {m}"))
+                tc.margin.map_or("plain cross-entropy".into(), |m| format!(
+                    "threshold, margin {m}"
+                ))
             );
             let s = train::train(be.as_mut(), &dataset, &tc, &out, resume, true)?;
             println!(
@@ -329,7 +346,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             batch_size,
             backend,
-        } => eval(&checkpoint, data.as_deref(), json, batch_size, backend.as_deref()),
+        } => eval(
+            &checkpoint,
+            data.as_deref(),
+            json,
+            batch_size,
+            backend.as_deref(),
+        ),
         Cmd::Sample {
             checkpoint,
             prompt,
@@ -415,7 +438,10 @@ fn print_rows(adapter: &str, rows: &[check::Row], json: bool) -> Result<ExitCode
         );
     } else {
         println!("adapter: {adapter}");
-        println!("{:<44} {:>11} {:>11} {:>9}  ok", "quantity", "max abs", "max rel", "tol");
+        println!(
+            "{:<44} {:>11} {:>11} {:>9}  ok",
+            "quantity", "max abs", "max rel", "tol"
+        );
         for r in rows {
             println!(
                 "{:<44} {:>11.3e} {:>11.3e} {:>9.1e}  {}",

@@ -57,10 +57,13 @@ impl GptConfig {
             ("n_embd", self.n_embd),
         ] {
             if v == 0 {
-                bail!("{name} must be at least 1 (got 0): pass a positive --{}", name.replace('_', "-"));
+                bail!(
+                    "{name} must be at least 1 (got 0): pass a positive --{}",
+                    name.replace('_', "-")
+                );
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             bail!(
                 "n_embd {} is not divisible by n_head {}: pick sizes with n_embd = n_head x head size",
                 self.n_embd,
@@ -104,8 +107,16 @@ pub fn param_specs(cfg: &GptConfig) -> Vec<ParamSpec> {
         init_std,
     };
     let mut v = vec![
-        p("transformer.wte.weight".into(), vec![cfg.vocab_size, c], 0.02),
-        p("transformer.wpe.weight".into(), vec![cfg.block_size, c], 0.02),
+        p(
+            "transformer.wte.weight".into(),
+            vec![cfg.vocab_size, c],
+            0.02,
+        ),
+        p(
+            "transformer.wpe.weight".into(),
+            vec![cfg.block_size, c],
+            0.02,
+        ),
     ];
     for i in 0..cfg.n_layer {
         let h = format!("transformer.h.{i}");
@@ -114,7 +125,11 @@ pub fn param_specs(cfg: &GptConfig) -> Vec<ParamSpec> {
         v.push(p(format!("{h}.attn.c_proj.weight"), vec![c, c], proj_std));
         v.push(p(format!("{h}.ln_2.weight"), vec![c], 0.0));
         v.push(p(format!("{h}.mlp.c_fc.weight"), vec![4 * c, c], 0.02));
-        v.push(p(format!("{h}.mlp.c_proj.weight"), vec![c, 4 * c], proj_std));
+        v.push(p(
+            format!("{h}.mlp.c_proj.weight"),
+            vec![c, 4 * c],
+            proj_std,
+        ));
     }
     v.push(p("transformer.ln_f.weight".into(), vec![c], 0.0));
     v
@@ -248,7 +263,13 @@ impl Gpt {
             bail!("batch_size must be at least 1 (got 0): pass a positive --batch-size");
         }
         let specs = param_specs(&cfg);
-        let (b, t, c, v, nh) = (batch, cfg.block_size, cfg.n_embd, cfg.vocab_size, cfg.n_head);
+        let (b, t, c, v, nh) = (
+            batch,
+            cfg.block_size,
+            cfg.n_embd,
+            cfg.vocab_size,
+            cfg.n_head,
+        );
         let bt = b * t;
         let f32b = |be: &mut dyn Backend, label: &str, n: usize| be.alloc(label, n, Dtype::F32);
 
@@ -303,7 +324,11 @@ impl Gpt {
         let datt = f32b(be, "datt", b * nh * t * t)?;
         let dfc_gelu = f32b(be, "dfc gelu", bt * 4 * c)?;
         let dfc = f32b(be, "dfc", bt * 4 * c)?;
-        let partials = f32b(be, "norm partials", specs.len() * adamw::SUMSQ_GROUPS as usize)?;
+        let partials = f32b(
+            be,
+            "norm partials",
+            specs.len() * adamw::SUMSQ_GROUPS as usize,
+        )?;
         let norm = f32b(be, "norm", 2)?;
         let step_scalars = f32b(be, "step scalars", 4)?;
 
@@ -490,7 +515,15 @@ impl Gpt {
                 dy: dfc_gelu,
                 dx: dfc,
             });
-            bwd.extend(linear_bwd(a.ln_2, params[p.c_fc], dfc, dln, grads[p.c_fc], 4 * c, c));
+            bwd.extend(linear_bwd(
+                a.ln_2,
+                params[p.c_fc],
+                dfc,
+                dln,
+                grads[p.c_fc],
+                4 * c,
+                c,
+            ));
             bwd.push(Op::LayerNormBwd {
                 rows: bt32,
                 cols: c32,
@@ -521,7 +554,15 @@ impl Gpt {
                 datt,
                 dqkv,
             });
-            bwd.extend(linear_bwd(a.ln_1, params[p.c_attn], dqkv, dln, grads[p.c_attn], 3 * c, c));
+            bwd.extend(linear_bwd(
+                a.ln_1,
+                params[p.c_attn],
+                dqkv,
+                dln,
+                grads[p.c_attn],
+                3 * c,
+                c,
+            ));
             bwd.push(Op::LayerNormBwd {
                 rows: bt32,
                 cols: c32,
@@ -663,10 +704,7 @@ impl Gpt {
     pub fn set_step(&self, be: &mut dyn Backend, lr: f32, t: u64) {
         let bc1 = 1.0 - (self.opt.beta1 as f64).powf(t as f64);
         let bc2 = 1.0 - (self.opt.beta2 as f64).powf(t as f64);
-        be.write_f32(
-            self.step_scalars,
-            &[lr, bc1 as f32, bc2.sqrt() as f32, 0.0],
-        );
+        be.write_f32(self.step_scalars, &[lr, bc1 as f32, bc2.sqrt() as f32, 0.0]);
     }
 
     /// One full training step (forward, loss, backward, clip, AdamW) as one submission.

@@ -234,7 +234,7 @@ impl GpuBackend {
         }
         let pipeline = self.pipeline(l.shader, l.entry)?;
         let mut words = l.params.clone();
-        while words.is_empty() || words.len() % 4 != 0 {
+        while words.is_empty() || !words.len().is_multiple_of(4) {
             words.push(0);
         }
         let device = &self.gpu.device;

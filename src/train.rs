@@ -32,6 +32,8 @@ pub struct TrainConfig {
     /// Validation batches per language at each eval interval.
     pub eval_batches: usize,
     pub log_interval: u64,
+    /// Stop (with a checkpoint) after this step, keeping the schedule of `steps`; resume later.
+    pub stop_after: Option<u64>,
 }
 
 /// Linear warm-up to `lr` over `warmup` steps, then cosine decay to `min_lr` at the last step.
@@ -40,7 +42,11 @@ pub fn lr_at(cfg: &TrainConfig, step: u64) -> f32 {
     if step < cfg.warmup {
         return cfg.lr * (step + 1) as f32 / cfg.warmup as f32;
     }
-    let span = cfg.steps.saturating_sub(1).saturating_sub(cfg.warmup).max(1);
+    let span = cfg
+        .steps
+        .saturating_sub(1)
+        .saturating_sub(cfg.warmup)
+        .max(1);
     let ratio = ((step - cfg.warmup) as f64 / span as f64).min(1.0);
     let coeff = 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos());
     (cfg.min_lr as f64 + coeff * (cfg.lr - cfg.min_lr) as f64) as f32
@@ -58,7 +64,11 @@ pub fn state_path(dir: &Path) -> PathBuf {
 pub fn model_file(model: &Gpt, be: &mut dyn Backend, vocab: &Vocab) -> Result<TensorFile> {
     let mut f = TensorFile::new();
     for (s, b) in model.specs.iter().zip(&model.params) {
-        f.push(Tensor::f32(s.name.clone(), s.shape.clone(), be.read_f32(*b)?));
+        f.push(Tensor::f32(
+            s.name.clone(),
+            s.shape.clone(),
+            be.read_f32(*b)?,
+        ));
     }
     let c = &model.cfg;
     f.set_meta("vocab_size", c.vocab_size);
@@ -142,12 +152,7 @@ struct LogLine<'a> {
 }
 
 /// Mean plain cross-entropy over the first `batches` batches of validation windows.
-fn val_loss(
-    model: &Gpt,
-    be: &mut dyn Backend,
-    tokens: &[u32],
-    batches: usize,
-) -> Result<f32> {
+fn val_loss(model: &Gpt, be: &mut dyn Backend, tokens: &[u32], batches: usize) -> Result<f32> {
     let t = model.cfg.block_size;
     let windows: Vec<_> = eval_windows(tokens, t).collect();
     let mut total = 0.0f64;
@@ -163,7 +168,11 @@ fn val_loss(
         total += be.read_f32(model.plain_loss)?[0] as f64;
         n += 1;
     }
-    Ok(if n == 0 { f32::NAN } else { (total / n as f64) as f32 })
+    Ok(if n == 0 {
+        f32::NAN
+    } else {
+        (total / n as f64) as f32
+    })
 }
 
 /// The languages of a dataset: (name, validation tokens).
@@ -195,7 +204,13 @@ pub fn train(
     data.check_sizes(cfg.model.block_size)?;
     fs::create_dir_all(out)
         .with_context(|| format!("cannot create output folder '{}'", out.display()))?;
-    let model = Gpt::new(be, cfg.model, cfg.batch_size, cfg.margin, OptConfig::default())?;
+    let model = Gpt::new(
+        be,
+        cfg.model,
+        cfg.batch_size,
+        cfg.margin,
+        OptConfig::default(),
+    )?;
     let mut data_rng = Rng::new(cfg.seed.wrapping_add(0x5e1f));
     let mut start = 0u64;
     if resume && model_path(out).exists() {
@@ -209,12 +224,18 @@ pub fn train(
         model.set_params(be, &params)?;
         let st = checkpoint::load(&state_path(out))?;
         for (i, s) in model.specs.iter().enumerate() {
-            be.write_f32(model.adam_m[i], st.expect_f32(&format!("adam_m.{}", s.name), &s.shape)?);
-            be.write_f32(model.adam_v[i], st.expect_f32(&format!("adam_v.{}", s.name), &s.shape)?);
+            be.write_f32(
+                model.adam_m[i],
+                st.expect_f32(&format!("adam_m.{}", s.name), &s.shape)?,
+            );
+            be.write_f32(
+                model.adam_v[i],
+                st.expect_f32(&format!("adam_v.{}", s.name), &s.shape)?,
+            );
         }
         start = st.meta_usize("step")? as u64;
-        let state: [u64; 4] = serde_json::from_str(st.meta("rng")?)
-            .context("state.safetensors: bad rng metadata")?;
+        let state: [u64; 4] =
+            serde_json::from_str(st.meta("rng")?).context("state.safetensors: bad rng metadata")?;
         data_rng = Rng::from_state(state);
     } else {
         let mut init_rng = Rng::new(cfg.seed);
@@ -247,7 +268,8 @@ pub fn train(
     let mut window = Instant::now();
     let mut window_steps = 0u64;
     let mut tps = 0.0;
-    for step in start..cfg.steps {
+    let end = cfg.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
+    for step in start..end {
         let (x, y) = data.sample_batch(&mut data_rng, cfg.batch_size, cfg.model.block_size);
         model.set_batch(be, &x, &y);
         let lr = lr_at(cfg, step);
@@ -256,7 +278,8 @@ pub fn train(
         window_steps += 1;
         let last = step + 1 == cfg.steps;
         let eval_now = cfg.eval_interval > 0 && ((step + 1) % cfg.eval_interval == 0 || last);
-        if (step + 1) % cfg.log_interval.max(1) == 0 || last || step == start || eval_now {
+        if (step + 1) % cfg.log_interval.max(1) == 0 || step + 1 == end || step == start || eval_now
+        {
             last_loss = be.read_f32(model.loss)?[0];
             if !last_loss.is_finite() {
                 bail!(
@@ -300,10 +323,10 @@ pub fn train(
         }
         bar.set_position(step + 1);
     }
-    if start >= cfg.steps {
+    if start >= end {
         bar.println(format!("already trained {start} of {} steps", cfg.steps));
-    } else if cfg.eval_interval == 0 || cfg.steps % cfg.eval_interval != 0 {
-        save_checkpoint(out, &model, be, &data.vocab, cfg, cfg.steps, &data_rng)?;
+    } else if cfg.eval_interval == 0 || !end.is_multiple_of(cfg.eval_interval) {
+        save_checkpoint(out, &model, be, &data.vocab, cfg, end, &data_rng)?;
     }
     bar.finish();
     Ok(TrainSummary {
@@ -342,11 +365,7 @@ pub fn evaluate_language(model: &Gpt, be: &mut dyn Backend, tokens: &[u32]) -> R
 }
 
 /// Builds a forward-only model from a checkpoint.
-pub fn load_for_inference(
-    be: &mut dyn Backend,
-    path: &Path,
-    batch: usize,
-) -> Result<(Gpt, Vocab)> {
+pub fn load_for_inference(be: &mut dyn Backend, path: &Path, batch: usize) -> Result<(Gpt, Vocab)> {
     let (cfg, vocab, params) = load_model_file(path)?;
     let model = Gpt::new(be, cfg, batch, None, OptConfig::default())?;
     model.set_params(be, &params)?;

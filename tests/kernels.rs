@@ -32,7 +32,11 @@ fn check_op(prefix: &str) {
             }
         }
     }
-    assert!(failures.is_empty(), "GPU and CPU disagree:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "GPU and CPU disagree:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -31,14 +31,20 @@ fn registry_matches_shader_folder() {
         .map(|(n, _)| n.to_string())
         .collect();
     registered.sort();
-    assert_eq!(on_disk, registered, "kernels::SHADERS must list every shaders/*.wgsl");
+    assert_eq!(
+        on_disk, registered,
+        "kernels::SHADERS must list every shaders/*.wgsl"
+    );
     for (name, src) in shader_files() {
         let registered_src = selfish::kernels::SHADERS
             .iter()
             .find(|(n, _)| *n == name)
             .unwrap()
             .1;
-        assert_eq!(src, registered_src, "{name}.wgsl differs from the embedded copy");
+        assert_eq!(
+            src, registered_src,
+            "{name}.wgsl differs from the embedded copy"
+        );
     }
 }
 

@@ -11,7 +11,9 @@ const MARGINS: [f32; 6] = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0];
 
 fn batch(seed: u64) -> (Vec<f32>, Vec<u32>) {
     let mut rng = Rng::new(seed);
-    let logits = (0..ROWS * COLS).map(|_| 3.0 * rng.normal() as f32).collect();
+    let logits = (0..ROWS * COLS)
+        .map(|_| 3.0 * rng.normal() as f32)
+        .collect();
     let targets = (0..ROWS).map(|_| rng.below(COLS) as u32).collect();
     (logits, targets)
 }
@@ -75,12 +77,23 @@ fn target_is_never_masked_and_masked_entries_get_zero_gradient() {
             let mut n_masked = 0;
             for r in 0..ROWS {
                 let t = targets[r] as usize;
-                assert_eq!(masked[r * COLS + t], logits[r * COLS + t], "{}: target masked at m={m}", be.name());
+                assert_eq!(
+                    masked[r * COLS + t],
+                    logits[r * COLS + t],
+                    "{}: target masked at m={m}",
+                    be.name()
+                );
                 for j in 0..COLS {
                     let i = r * COLS + j;
                     if masked[i] == f32::NEG_INFINITY {
                         n_masked += 1;
-                        assert_eq!(grad[i].to_bits(), 0.0f32.to_bits(), "{}: masked entry has gradient {}", be.name(), grad[i]);
+                        assert_eq!(
+                            grad[i].to_bits(),
+                            0.0f32.to_bits(),
+                            "{}: masked entry has gradient {}",
+                            be.name(),
+                            grad[i]
+                        );
                     } else {
                         assert_eq!(masked[i], logits[i]);
                         assert!(grad[i].is_finite());
@@ -88,7 +101,10 @@ fn target_is_never_masked_and_masked_entries_get_zero_gradient() {
                 }
             }
             if m <= 2.0 {
-                assert!(n_masked > 0, "margin {m} masked nothing: the test would prove nothing");
+                assert!(
+                    n_masked > 0,
+                    "margin {m} masked nothing: the test would prove nothing"
+                );
             }
         }
     }
@@ -106,11 +122,20 @@ fn margin_off_is_plain_cross_entropy() {
             let z: f64 = row.iter().map(|&l| (l as f64 - mx).exp()).sum();
             let t = targets[r] as usize;
             let want = z.ln() + mx - row[t] as f64;
-            assert!((losses[r] as f64 - want).abs() < 1e-5 * want.abs().max(1.0), "{}: row {r} loss {} vs {want}", be.name(), losses[r]);
+            assert!(
+                (losses[r] as f64 - want).abs() < 1e-5 * want.abs().max(1.0),
+                "{}: row {r} loss {} vs {want}",
+                be.name(),
+                losses[r]
+            );
             for j in 0..COLS {
                 let p = (row[j] as f64 - mx).exp() / z - if j == t { 1.0 } else { 0.0 };
                 let g = grad[r * COLS + j] as f64;
-                assert!((g - p / ROWS as f64).abs() < 1e-7, "{}: gradient off", be.name());
+                assert!(
+                    (g - p / ROWS as f64).abs() < 1e-7,
+                    "{}: gradient off",
+                    be.name()
+                );
             }
         }
         // A margin wider than any logit gap keeps everything and matches exactly.
@@ -131,7 +156,11 @@ fn smaller_margin_never_keeps_more() {
             let kept: Vec<bool> = masked.iter().map(|&x| x != f32::NEG_INFINITY).collect();
             if let (Some(pk), Some(pl)) = (&prev_kept, &prev_loss) {
                 for (i, (&now, &before)) in kept.iter().zip(pk).enumerate() {
-                    assert!(!now || before, "{}: entry {i} kept at m={m} but not at a wider margin", be.name());
+                    assert!(
+                        !now || before,
+                        "{}: entry {i} kept at m={m} but not at a wider margin",
+                        be.name()
+                    );
                 }
                 // Dropping terms from the partition function can only lower the loss.
                 for (a, b) in losses.iter().zip(pl) {
@@ -148,7 +177,14 @@ fn smaller_margin_never_keeps_more() {
 fn cpu_mask_rule_matches_definition() {
     let (logits, targets) = batch(5);
     let mut out = vec![0.0; ROWS * COLS];
-    threshold::cpu(ROWS as u32, COLS as u32, Some(1.0), &logits, &targets, &mut out);
+    threshold::cpu(
+        ROWS as u32,
+        COLS as u32,
+        Some(1.0),
+        &logits,
+        &targets,
+        &mut out,
+    );
     for r in 0..ROWS {
         let lt = logits[r * COLS + targets[r] as usize];
         for j in 0..COLS {

@@ -118,14 +118,29 @@ mod tests {
                 (0..rows as usize)
                     .map(|r| {
                         let c = cols as usize;
-                        row(&l[r * c..(r + 1) * c], targets[r] as usize, margin, 1.0, None)
+                        row(
+                            &l[r * c..(r + 1) * c],
+                            targets[r] as usize,
+                            margin,
+                            1.0,
+                            None,
+                        )
                     })
                     .sum::<f64>()
                     / rows as f64
             };
             let mut losses = vec![0.0; rows as usize];
             let mut d = vec![0.0; n];
-            cpu(rows, cols, margin, 1.0 / rows as f32, &logits, &targets, &mut losses, &mut d);
+            cpu(
+                rows,
+                cols,
+                margin,
+                1.0 / rows as f32,
+                &logits,
+                &targets,
+                &mut losses,
+                &mut d,
+            );
             let h = 1e-3f32;
             for i in 0..n {
                 let r = i / cols as usize;

@@ -1,7 +1,8 @@
 //! GELU in its exact erf form (PyTorch's default, not the tanh approximation):
 //! `gelu(x) = 0.5 x (1 + erf(x / sqrt 2)) = x Phi(x)`, and its backward
-//! `dx = dy (Phi(x) + x phi(x))`. WGSL has no erf, so `shaders/gelu.wgsl` carries its own
-//! piecewise polynomial one (fitted by `tools/fit_erf.py`, max abs error ~5e-8).
+//! `dx = dy (Phi(x) + x phi(x))`. WGSL has no erf (and a loose exp), so `shaders/gelu.wgsl`
+//! builds both from fitted polynomials (`tools/fit_erf.py`): erf to ~5e-8 absolute, Phi to
+//! ~4e-7 relative even deep in its left tail, where small activations live.
 
 use crate::kernels::{elem_grid, Launch};
 use crate::runtime::Buf;
@@ -161,18 +162,21 @@ mod tests {
         eprintln!("gelu fd: max abs err {worst:.2e}");
     }
 
-    fn close(what: &str, gpu: &[f32], cpu: &[f32], atol: f32, rtol: f32) {
+    /// |gpu - cpu| <= tol[i] everywhere; prints the largest error relative to the tolerance.
+    fn close(what: &str, gpu: &[f32], cpu: &[f32], tol: impl Fn(usize) -> f64) {
         assert_eq!(gpu.len(), cpu.len());
-        let mut worst = 0.0f32;
+        let (mut worst, mut worst_ratio) = (0.0f64, 0.0f64);
         for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
-            let err = (g - c).abs();
+            let err = (g as f64 - c as f64).abs();
             assert!(
-                err <= atol + rtol * c.abs(),
-                "{what}[{i}]: gpu {g} vs cpu {c}"
+                err <= tol(i),
+                "{what}[{i}]: gpu {g} vs cpu {c} (err / tol {})",
+                err / tol(i)
             );
             worst = worst.max(err);
+            worst_ratio = worst_ratio.max(err / tol(i));
         }
-        eprintln!("{what}: max abs err {worst:.2e}");
+        eprintln!("{what}: max abs err {worst:.2e}, max err / tolerance {worst_ratio:.2}");
     }
 
     #[test]
@@ -180,9 +184,22 @@ mod tests {
         let mut gpu = GpuBackend::open(None).unwrap();
         eprintln!("adapter: {}", gpu.name());
         let mut cpu = CpuBackend::new();
-        for (k, &n) in [1usize, 3, 257, 100_000].iter().enumerate() {
-            let x = inputs(n, 100 + k as u64);
-            let dy = inputs(n, 200 + k as u64);
+        let mut cases: Vec<(String, Vec<f32>, Vec<f32>)> = [1usize, 3, 257, 100_000]
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| {
+                (
+                    format!("n={n}"),
+                    inputs(n, 100 + k as u64),
+                    inputs(n, 200 + k as u64),
+                )
+            })
+            .collect();
+        let grid: Vec<f32> = (-14_000..=14_000).map(|i| i as f32 * 1e-3).collect();
+        let ones = vec![1.0; grid.len()];
+        cases.push(("grid -14..14".into(), grid, ones));
+        for (name, x, dy) in &cases {
+            let n = x.len();
             let mut outs = Vec::new();
             let backends: [&mut dyn Backend; 2] = [&mut gpu, &mut cpu];
             for be in backends {
@@ -190,8 +207,8 @@ mod tests {
                 let by = be.alloc("y", n, Dtype::F32).unwrap();
                 let bdy = be.alloc("dy", n, Dtype::F32).unwrap();
                 let bdx = be.alloc("dx", n, Dtype::F32).unwrap();
-                be.write_f32(bx, &x);
-                be.write_f32(bdy, &dy);
+                be.write_f32(bx, x);
+                be.write_f32(bdy, dy);
                 be.write_f32(bdx, &vec![f32::NAN; n]); // must be overwritten
                 let ops = [
                     Op::GeluFwd {
@@ -210,20 +227,17 @@ mod tests {
                 be.run(&[s]).unwrap();
                 outs.push((be.read_f32(by).unwrap(), be.read_f32(bdx).unwrap()));
             }
-            close(
-                &format!("gelu fwd n={n}"),
-                &outs[0].0,
-                &outs[1].0,
-                1e-6,
-                1e-6,
-            );
-            close(
-                &format!("gelu bwd n={n}"),
-                &outs[0].1,
-                &outs[1].1,
-                1e-6,
-                1e-5,
-            );
+            // Relative accuracy, down into the left tail (the shader's Phi keeps it there),
+            // except that dx may be off by ~1e-7 |dy| where Phi(x) + x phi(x) crosses zero.
+            let (fwd, cpu_fwd) = (&outs[0].0, &outs[1].0);
+            close(&format!("gelu fwd {name}"), fwd, cpu_fwd, |i| {
+                1e-6 * cpu_fwd[i].abs() as f64 + 1e-35
+            });
+            let (bwd, cpu_bwd) = (&outs[0].1, &outs[1].1);
+            close(&format!("gelu bwd {name}"), bwd, cpu_bwd, |i| {
+                let (xi, dyi) = (x[i] as f64, dy[i].abs() as f64);
+                2e-6 * cpu_bwd[i].abs() as f64 + 1e-7 * dyi * (-0.5 * xi * xi).exp() + 1e-35
+            });
         }
     }
 

@@ -24,7 +24,10 @@ use crate::runtime::{Buf, HostMem};
 pub const SHADERS: &[(&str, &str)] = &[
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
-    ("cross_entropy", include_str!("../../shaders/cross_entropy.wgsl")),
+    (
+        "cross_entropy",
+        include_str!("../../shaders/cross_entropy.wgsl"),
+    ),
     ("embedding", include_str!("../../shaders/embedding.wgsl")),
     ("gelu", include_str!("../../shaders/gelu.wgsl")),
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
@@ -239,7 +242,13 @@ impl Op {
                 c,
             } => vec![matmul::launch_variant(variant, s, a, b, c)],
             SoftmaxFwd { rows, cols, x, y } => vec![softmax::launch_fwd(rows, cols, x, y)],
-            SoftmaxBwd { rows, cols, y, dy, dx } => {
+            SoftmaxBwd {
+                rows,
+                cols,
+                y,
+                dy,
+                dx,
+            } => {
                 vec![softmax::launch_bwd(rows, cols, y, dy, dx)]
             }
             ThresholdMask {
@@ -312,7 +321,12 @@ impl Op {
             } => embedding::launch_bwd(s, accumulate, idx, dx, dwte, dwpe),
             Add { n, a, b, out } => vec![residual::launch_add(n, a, b, out)],
             AddInPlace { n, acc, a } => vec![residual::launch_add_in_place(n, acc, a)],
-            SumSquares { n, slot, g, partials } => {
+            SumSquares {
+                n,
+                slot,
+                g,
+                partials,
+            } => {
                 vec![adamw::launch_sum_squares(n, slot, g, partials)]
             }
             GradNorm {
@@ -348,7 +362,13 @@ impl Op {
                 softmax::cpu_fwd(rows, cols, mem.f(x), &mut out);
                 mem.put(y, out);
             }
-            SoftmaxBwd { rows, cols, y, dy, dx } => {
+            SoftmaxBwd {
+                rows,
+                cols,
+                y,
+                dy,
+                dx,
+            } => {
                 let mut out = mem.take(dx);
                 softmax::cpu_bwd(rows, cols, mem.f(y), mem.f(dy), &mut out);
                 mem.put(dx, out);
@@ -501,7 +521,12 @@ impl Op {
                 residual::cpu_add_in_place(n, &mut o, mem.f(a));
                 mem.put(acc, o);
             }
-            SumSquares { n, slot, g, partials } => {
+            SumSquares {
+                n,
+                slot,
+                g,
+                partials,
+            } => {
                 let mut o = mem.take(partials);
                 adamw::cpu_sum_squares(n, slot, mem.f(g), &mut o);
                 mem.put(partials, o);

@@ -76,7 +76,10 @@ mod tests {
             let loss = |x: &[f32]| {
                 let mut y = vec![0.0; n];
                 cpu_fwd(rows, cols, x, &mut y);
-                y.iter().zip(&wts).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
+                y.iter()
+                    .zip(&wts)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>()
             };
             let mut y = vec![0.0; n];
             cpu_fwd(rows, cols, &x, &mut y);

@@ -1,0 +1,231 @@
+//! The command line as a user runs it: train, eval, sample, and clear one-line errors.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn selfish(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_selfish"))
+        .args(args)
+        .output()
+        .expect("run selfish")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("selfish-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn corpus(dir: &std::path::Path) -> PathBuf {
+    let mut s = String::new();
+    let lines = [
+        "First Citizen:\nBefore we proceed any further, hear me speak.\n",
+        "All:\nSpeak, speak.\n",
+        "Second Citizen:\nWould you proceed especially against Caius Marcius?\n",
+    ];
+    let mut i = 0usize;
+    while s.len() < 30_000 {
+        s.push_str(lines[i % 3]);
+        i = (i * 7 + 3) % 1000;
+    }
+    let p = dir.join("corpus.txt");
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+/// Exactly one line on stderr starting with "error:", no panic or backtrace.
+fn assert_clean_error(o: &Output, needle: &str) {
+    let (_, err) = text(o);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("error:") && !l.contains("XDG_RUNTIME_DIR"))
+        .collect();
+    assert_eq!(lines.len(), 1, "want one error line, got: {err}");
+    assert!(
+        lines[0].contains(needle),
+        "error should mention {needle:?}: {}",
+        lines[0]
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn train_eval_sample_end_to_end() {
+    let dir = tempdir("e2e");
+    let data = corpus(&dir);
+    let out = dir.join("run");
+    let small = [
+        "--n-layer",
+        "1",
+        "--n-head",
+        "2",
+        "--n-embd",
+        "16",
+        "--block-size",
+        "16",
+        "--batch-size",
+        "4",
+    ];
+    let mut args = vec![
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--steps",
+        "12",
+        "--eval-interval",
+        "6",
+        "--eval-batches",
+        "2",
+        "--log-interval",
+        "3",
+        "--margin",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(small);
+    let o = selfish(&args);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "train failed: {stderr}");
+    assert!(stdout.contains("final training loss"), "{stdout}");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.last().unwrap()["step"], 12);
+    assert!(
+        lines.iter().any(|l| l.get("val_loss").is_some()),
+        "no validation loss logged: {metrics}"
+    );
+    assert!(out.join("model.safetensors").exists() && out.join("state.safetensors").exists());
+
+    let ckpt = out.join("model.safetensors");
+    let o = selfish(&[
+        "eval",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "eval failed: {stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for lang in ["base", "shifted"] {
+        let m = &v[lang];
+        let ppl = m["ppl"].as_f64().unwrap();
+        let best = m["best_ppl"].as_f64().unwrap();
+        assert!(ppl > 1.0 && best <= ppl + 1e-9, "{lang}: {m}");
+        assert!(m["tokens"].as_u64().unwrap() > 0);
+    }
+
+    let o = selfish(&[
+        "sample",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--prompt",
+        "All:",
+        "--tokens",
+        "20",
+        "--seed",
+        "3",
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "sample failed: {stderr}");
+    assert!(
+        stdout.starts_with("All:") && stdout.chars().count() >= 24,
+        "{stdout:?}"
+    );
+    let again = selfish(&[
+        "sample",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--prompt",
+        "All:",
+        "--tokens",
+        "20",
+        "--seed",
+        "3",
+    ]);
+    assert_eq!(
+        text(&again).0,
+        stdout,
+        "same seed must give the same sample"
+    );
+    let o = selfish(&[
+        "sample",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--prompt",
+        "All:",
+        "--tokens",
+        "5",
+        "--alphabet",
+        "shifted",
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+}
+
+#[test]
+fn bad_input_gives_one_line_errors() {
+    let dir = tempdir("errors");
+    let data = corpus(&dir);
+    let d = data.to_str().unwrap();
+    let missing = dir.join("nope.txt");
+    assert_clean_error(
+        &selfish(&["train", "--data", missing.to_str().unwrap()]),
+        "nope.txt",
+    );
+    assert_clean_error(
+        &selfish(&["train", "--data", d, "--margin", "-1"]),
+        "margin",
+    );
+    assert_clean_error(
+        &selfish(&["train", "--data", d, "--margin", "NaN"]),
+        "margin",
+    );
+    assert_clean_error(
+        &selfish(&["train", "--data", d, "--config", "huge"]),
+        "unknown config",
+    );
+    assert_clean_error(
+        &selfish(&["train", "--data", d, "--n-embd", "30", "--n-head", "4"]),
+        "not divisible",
+    );
+    assert_clean_error(
+        &selfish(&["train", "--data", d, "--lr", "0"]),
+        "learning rate",
+    );
+    assert_clean_error(
+        &selfish(&["train", "--data", d, "--backend", "quantum"]),
+        "unknown backend",
+    );
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    assert_clean_error(
+        &selfish(&["train", "--data", empty.to_str().unwrap()]),
+        "empty",
+    );
+    let ckpt = dir.join("junk.safetensors");
+    std::fs::write(&ckpt, b"not a checkpoint at all").unwrap();
+    assert_clean_error(
+        &selfish(&["eval", "--checkpoint", ckpt.to_str().unwrap(), "--data", d]),
+        "junk.safetensors",
+    );
+}
