@@ -7,6 +7,9 @@
 //   partials[slot + k] = sum over i < n with (i / 256) % G == k of g[i]^2,   k = 0..G-1
 //   Each lane sums its grid-stride elements i = k*256 + lane + j*G*256 in increasing j,
 //   then the workgroup tree-reduces its 256 lane sums in workgroup memory. f32.
+// sum_squares_lanes (CPU-like adapters; one workgroup of G = 32 invocations): the same
+//   partials, invocation k summing its chunks i = (k + j*G)*256 + l in increasing j, then l,
+//   with no barrier.
 // grad_norm (one workgroup of 256; n = number of partials):
 //   total = sum of partials[0..n] (lane l sums l, l+256, ..., then a tree reduction)
 //   norm[0] = sqrt(total)
@@ -67,6 +70,19 @@ fn sum_squares(
     if lid.x == 0u {
         partials[p.slot + wid.x] = red[0];
     }
+}
+
+@compute @workgroup_size(32)
+fn sum_squares_lanes(@builtin(local_invocation_index) k: u32) {
+    var acc = 0.0;
+    for (var chunk = k * 256u; chunk < p.n; chunk += 32u * 256u) {
+        let end = min(chunk + 256u, p.n);
+        for (var i = chunk; i < end; i++) {
+            let x = g[i];
+            acc += x * x;
+        }
+    }
+    partials[p.slot + k] = acc;
 }
 
 @compute @workgroup_size(256)

@@ -20,6 +20,13 @@
 //   dqkv[b,j,2C+h*HD+d] = sum_{t>=j} att[b,h,t,j] * dy_t[d]             (v third)
 // Together the two backward entry points write every element of dqkv (no accumulation).
 // No atomics; every sum runs in a fixed order, so results are deterministic.
+//
+// On CPU-like adapters the same contract is met by batched matmuls (shaders/matmul*.wgsl,
+// one product per (b, h)) around two row kernels, one invocation per row r and no barriers:
+// attention_softmax_rows (in place on att, which holds s_j for all j < T):
+//   att[r, j] = exp(s_j - max_{j'<=t} s_j') / sum_{j'<=t} exp(s_j' - max)  for j <= t, 0 above
+// attention_softmax_bwd_rows (in place on datt, which holds dp_j for all j < T):
+//   datt[r, j] = att[r, j] * (dp_j - sum_{j'<=t} att[r, j'] dp_j')  for j <= t, 0 above
 
 struct Params {
     b: u32,
@@ -223,5 +230,54 @@ fn attention_bwd_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
             }
             dqkv[out + 2u * p.c + d] = acc;
         }
+    }
+}
+
+@compute @workgroup_size(64)
+fn attention_softmax_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) li: u32) {
+    let row = (wid.x + wid.y * nwg.x) * 64u + li;
+    if (row >= p.b * p.nh * p.t) {
+        return;
+    }
+    let t = row % p.t;
+    let a = row * p.t;
+    var mx = LOWEST;
+    for (var j = 0u; j <= t; j++) {
+        mx = max(mx, att[a + j]);
+    }
+    var sum = 0.0;
+    for (var j = 0u; j <= t; j++) {
+        let e = exp(att[a + j] - mx);
+        att[a + j] = e;
+        sum += e;
+    }
+    let inv = 1.0 / sum;
+    for (var j = 0u; j <= t; j++) {
+        att[a + j] *= inv;
+    }
+    for (var j = t + 1u; j < p.t; j++) {
+        att[a + j] = 0.0;
+    }
+}
+
+@compute @workgroup_size(64)
+fn attention_softmax_bwd_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                              @builtin(local_invocation_index) li: u32) {
+    let row = (wid.x + wid.y * nwg.x) * 64u + li;
+    if (row >= p.b * p.nh * p.t) {
+        return;
+    }
+    let t = row % p.t;
+    let a = row * p.t;
+    var total = 0.0;
+    for (var j = 0u; j <= t; j++) {
+        total += att[a + j] * datt[a + j];
+    }
+    for (var j = 0u; j <= t; j++) {
+        datt[a + j] = att[a + j] * (datt[a + j] - total);
+    }
+    for (var j = t + 1u; j < p.t; j++) {
+        datt[a + j] = 0.0;
     }
 }

@@ -14,6 +14,10 @@
 // bwd_wpe  (element kernel, one invocation per (t, c) with t < T):
 //            dwpe[t, c] = sum over b = 0..B-1 in order of dx[b, t, c]
 //            and dwpe[r, c] = 0 for every row T <= r < rows_pe (positions not used).
+// bwd_wte_cols (CPU-like adapters; one invocation per column c, 64 per workgroup): the
+//            same sums, accumulated straight into dwte in position order:
+//            dwte[v, c] = base; then for n = 0, 1, ...: dwte[idx[n], c] += dx[n, c]
+//            so no invocation scans positions of other tokens and nothing synchronises.
 // No atomics: each output element is owned by exactly one invocation.
 
 struct Params {
@@ -90,6 +94,27 @@ fn bwd_wte(
         } else {
             dwte[o] = acc;
         }
+    }
+}
+
+@compute @workgroup_size(64)
+fn bwd_wte_cols(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let col = (wid.x + wid.y * nwg.x) * 64u + li;
+    if col >= p.c {
+        return;
+    }
+    if p.accumulate == 0u {
+        for (var v = 0u; v < p.v; v++) {
+            dwte[v * p.c + col] = 0.0;
+        }
+    }
+    for (var n = 0u; n < p.b * p.t; n++) {
+        let o = idx[n] * p.c + col;
+        dwte[o] = dwte[o] + dx[n * p.c + col];
     }
 }
 

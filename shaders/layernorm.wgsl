@@ -14,7 +14,14 @@
 //   dw[c] = sum_r dy[r,c] * xhat[r,c]   (overwritten)
 //   32 lanes per column each sum a fixed stride of rows, then a fixed tree adds the lanes,
 //   so the result is deterministic.
+// add_layernorm_fwd (bindings as layernorm_fwd plus branch 11, sum_out 12): the residual
+//   add fused in front: xs[r,c] = x[r,c] + branch[r,c] is stored to sum_out and normalised
+//   as above, saving a pass over memory.
 // Sums run in f32 in a fixed order; row-kernel sums use a 256-wide tree in workgroup memory.
+//
+// On CPU-like adapters, where barriers are expensive, the `_rows` entry points give one
+// invocation a whole row (64 rows per workgroup, sums in column order) and
+// layernorm_bwd_dw_cols one invocation a whole column (sum in row order); same contracts.
 
 struct Params {
     rows: u32,
@@ -33,6 +40,8 @@ struct Params {
 @group(0) @binding(8) var<storage, read> dy: array<f32>;
 @group(0) @binding(9) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(10) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(11) var<storage, read> branch: array<f32>;
+@group(0) @binding(12) var<storage, read_write> sum_out: array<f32>;
 
 const EPS: f32 = 1e-5;
 const WG: u32 = 256u;
@@ -174,4 +183,150 @@ fn layernorm_bwd_dw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if lane == 0u && col < p.cols {
         dw[col] = red_a[lid];
     }
+}
+
+@compute @workgroup_size(256)
+fn add_layernorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let row = wid.x + wid.y * nwg.x;
+    if row >= p.rows {
+        return;
+    }
+    let lid = lid3.x;
+    let base = row * p.cols;
+    let n = f32(p.cols);
+
+    // Each invocation re-reads only the sums it wrote itself.
+    var s = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        let v = x[base + c] + branch[base + c];
+        sum_out[base + c] = v;
+        s += v;
+    }
+    let mu = block_sum(lid, s) / n;
+
+    var q = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        let d = sum_out[base + c] - mu;
+        q += d * d;
+    }
+    let r = inverseSqrt(block_sum(lid, q) / n + EPS);
+
+    for (var c = lid; c < p.cols; c += WG) {
+        y[base + c] = (sum_out[base + c] - mu) * r * w[c];
+    }
+    if lid == 0u {
+        mean_out[row] = mu;
+        rstd_out[row] = r;
+    }
+}
+
+const ROWS_WG: u32 = 64u;
+
+fn row_of(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * ROWS_WG + li;
+}
+
+@compute @workgroup_size(64)
+fn layernorm_fwd_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) li: u32) {
+    let row = row_of(wid, nwg, li);
+    if row >= p.rows {
+        return;
+    }
+    let base = row * p.cols;
+    let n = f32(p.cols);
+    var s = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        s += x[base + c];
+    }
+    let mu = s / n;
+    var q = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        let d = x[base + c] - mu;
+        q += d * d;
+    }
+    let r = inverseSqrt(q / n + EPS);
+    for (var c = 0u; c < p.cols; c++) {
+        y[base + c] = (x[base + c] - mu) * r * w[c];
+    }
+    mean_out[row] = mu;
+    rstd_out[row] = r;
+}
+
+@compute @workgroup_size(64)
+fn add_layernorm_fwd_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) li: u32) {
+    let row = row_of(wid, nwg, li);
+    if row >= p.rows {
+        return;
+    }
+    let base = row * p.cols;
+    let n = f32(p.cols);
+    var s = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        let v = x[base + c] + branch[base + c];
+        sum_out[base + c] = v;
+        s += v;
+    }
+    let mu = s / n;
+    var q = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        let d = sum_out[base + c] - mu;
+        q += d * d;
+    }
+    let r = inverseSqrt(q / n + EPS);
+    for (var c = 0u; c < p.cols; c++) {
+        y[base + c] = (sum_out[base + c] - mu) * r * w[c];
+    }
+    mean_out[row] = mu;
+    rstd_out[row] = r;
+}
+
+@compute @workgroup_size(64)
+fn layernorm_bwd_dx_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) li: u32) {
+    let row = row_of(wid, nwg, li);
+    if row >= p.rows {
+        return;
+    }
+    let base = row * p.cols;
+    let n = f32(p.cols);
+    let mu = mean[row];
+    let r = rstd[row];
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        let xhat = (x[base + c] - mu) * r;
+        let g = dy[base + c] * w[c];
+        sg += g;
+        sgx += g * xhat;
+    }
+    let mg = sg / n;
+    let mgx = sgx / n;
+    for (var c = 0u; c < p.cols; c++) {
+        let xhat = (x[base + c] - mu) * r;
+        let g = dy[base + c] * w[c];
+        let d = r * (g - mg - xhat * mgx);
+        if p.accumulate != 0u {
+            dx[base + c] += d;
+        } else {
+            dx[base + c] = d;
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn layernorm_bwd_dw_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) li: u32) {
+    let col = row_of(wid, nwg, li);
+    if col >= p.cols {
+        return;
+    }
+    var acc = 0.0;
+    for (var r = 0u; r < p.rows; r++) {
+        let i = r * p.cols + col;
+        acc += dy[i] * ((x[i] - mean[r]) * rstd[r]);
+    }
+    dw[col] = acc;
 }

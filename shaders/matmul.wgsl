@@ -1,36 +1,49 @@
-// Batched matrix multiply with arbitrary strides.
+// Batched, strided matrix multiply.
 //
-//   C[b, i, j] = sum_k A[b, i, k] * B[b, k, j]            (accumulate = 0)
-//   C[b, i, j] = C[b, i, j] + sum_k A[b, i, k] * B[b, k, j] (accumulate = 1)
+//   C[z, i, j] = alpha * sum_k A[z, i, k] * B[z, k, j]              (accumulate = 0)
+//   C[z, i, j] = C[z, i, j] + alpha * sum_k A[z, i, k] * B[z, k, j] (accumulate = 1)
 //
-// for b < batch, i < M, j < N, k < K. C is row-major [batch, M, N]. A and B are read through
-// strides, so the transposed forms backward needs cost nothing extra:
-//   A[b, i, k] = a[b * a_bs + i * a_rs + k * a_cs]
-//   B[b, k, j] = b[b * b_bs + k * b_rs + j * b_cs]
-// (A row-major [M, K]: a_rs = K, a_cs = 1; Aᵀ stored as [K, M]: a_rs = 1, a_cs = M.)
-// Sums run over k in increasing order in f32.
+// for z < batch, i < M, j < N, k < K. Product z = z1 * inner + z2, and every operand is
+// placed by its own offset and strides (`off`, row `rs`, column `cs`, batch `bs` for z1 and
+// `bs2` for z2):
+//   A[z, i, k] = a[a_off + z1 a_bs + z2 a_bs2 + i a_rs + k a_cs]     (likewise B over (k, j))
+//   C[z, i, j] = c[c_off + z1 c_bs + z2 c_bs2 + i c_rs + j c_cs]
+// so transposes (swap rs and cs), attention heads (z2 = head) and column slices of a
+// fused tensor cost nothing extra. Sums run over k in increasing order in f32, then one
+// multiply by alpha.
 //
 // `matmul_tiled`: 64x64 output tile per workgroup, 16x16 invocations each owning a 4x4 block
 // (rows ty + 16 r, columns tx + 16 c), K in steps of 16 staged through workgroup memory
 // (2 x 16 x 64 floats = 8 KiB). Out-of-range loads read 0, so any M, N, K works.
 // `matmul_reg`: 64x32 output tile per workgroup of 8x8 invocations, each owning 8 rows x 4
-// columns (columns 8 apart),
-// loading straight from storage with clamped indices (no workgroup memory, no barriers):
-// cheaper on CPU-like adapters (lavapipe) where caches do what workgroup memory would.
+// columns (columns 8 apart), loading straight from storage with clamped indices (no
+// workgroup memory, no barriers): cheaper on CPU-like adapters (lavapipe) where caches do
+// what workgroup memory would.
 // `matmul_naive`: one invocation per output element; the reference rung of the ladder.
+// The subgroup rung is shaders/matmul_sg.wgsl (it needs the subgroup feature).
 
 struct Params {
     m: u32,
     n: u32,
     k: u32,
-    batch: u32,
+    inner: u32,
+    a_off: u32,
     a_rs: u32,
     a_cs: u32,
     a_bs: u32,
+    a_bs2: u32,
+    b_off: u32,
     b_rs: u32,
     b_cs: u32,
     b_bs: u32,
+    b_bs2: u32,
+    c_off: u32,
+    c_rs: u32,
+    c_cs: u32,
+    c_bs: u32,
+    c_bs2: u32,
     accumulate: u32,
+    alpha: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -44,27 +57,41 @@ const TK: u32 = 16u;
 var<workgroup> tile_a: array<f32, 1024>; // [TK][TILE], k-major
 var<workgroup> tile_b: array<f32, 1024>; // [TK][TILE]
 
-fn load_a(batch: u32, i: u32, kk: u32) -> f32 {
+// Where product z starts in each operand.
+fn a_base(z: u32) -> u32 {
+    return p.a_off + (z / p.inner) * p.a_bs + (z % p.inner) * p.a_bs2;
+}
+
+fn b_base(z: u32) -> u32 {
+    return p.b_off + (z / p.inner) * p.b_bs + (z % p.inner) * p.b_bs2;
+}
+
+fn c_base(z: u32) -> u32 {
+    return p.c_off + (z / p.inner) * p.c_bs + (z % p.inner) * p.c_bs2;
+}
+
+fn load_a(base: u32, i: u32, kk: u32) -> f32 {
     if (i < p.m && kk < p.k) {
-        return a[batch * p.a_bs + i * p.a_rs + kk * p.a_cs];
+        return a[base + i * p.a_rs + kk * p.a_cs];
     }
     return 0.0;
 }
 
-fn load_b(batch: u32, kk: u32, j: u32) -> f32 {
+fn load_b(base: u32, kk: u32, j: u32) -> f32 {
     if (kk < p.k && j < p.n) {
-        return b[batch * p.b_bs + kk * p.b_rs + j * p.b_cs];
+        return b[base + kk * p.b_rs + j * p.b_cs];
     }
     return 0.0;
 }
 
-fn store_c(batch: u32, i: u32, j: u32, v: f32) {
+// Stores alpha * v, or adds it, for elements inside C.
+fn store_c(base: u32, i: u32, j: u32, v: f32) {
     if (i < p.m && j < p.n) {
-        let idx = batch * p.m * p.n + i * p.n + j;
+        let idx = base + i * p.c_rs + j * p.c_cs;
         if (p.accumulate != 0u) {
-            c[idx] = c[idx] + v;
+            c[idx] = c[idx] + p.alpha * v;
         } else {
-            c[idx] = v;
+            c[idx] = p.alpha * v;
         }
     }
 }
@@ -75,7 +102,8 @@ fn matmul_tiled(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let batch = wid.z;
+    let ab = a_base(wid.z);
+    let bb = b_base(wid.z);
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
     var acc: array<vec4<f32>, 4>;
@@ -89,11 +117,11 @@ fn matmul_tiled(
             // A tile: consecutive invocations walk k, then rows.
             let ar = e / TK;
             let ak = e % TK;
-            tile_a[ak * TILE + ar] = load_a(batch, row0 + ar, k0 + ak);
+            tile_a[ak * TILE + ar] = load_a(ab, row0 + ar, k0 + ak);
             // B tile: consecutive invocations walk columns.
             let bk = e / TILE;
             let bc = e % TILE;
-            tile_b[bk * TILE + bc] = load_b(batch, k0 + bk, col0 + bc);
+            tile_b[bk * TILE + bc] = load_b(bb, k0 + bk, col0 + bc);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
@@ -116,13 +144,14 @@ fn matmul_tiled(
         }
         workgroupBarrier();
     }
+    let cb = c_base(wid.z);
     for (var r = 0u; r < 4u; r++) {
         let i = row0 + lid.y + 16u * r;
         let v = acc[r];
-        store_c(batch, i, col0 + lid.x, v.x);
-        store_c(batch, i, col0 + lid.x + 16u, v.y);
-        store_c(batch, i, col0 + lid.x + 32u, v.z);
-        store_c(batch, i, col0 + lid.x + 48u, v.w);
+        store_c(cb, i, col0 + lid.x, v.x);
+        store_c(cb, i, col0 + lid.x + 16u, v.y);
+        store_c(cb, i, col0 + lid.x + 32u, v.z);
+        store_c(cb, i, col0 + lid.x + 48u, v.w);
     }
 }
 
@@ -130,15 +159,16 @@ fn matmul_tiled(
 fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.y;
     let j = gid.x;
-    let batch = gid.z;
     if (i >= p.m || j >= p.n) {
         return;
     }
+    let ab = a_base(gid.z);
+    let bb = b_base(gid.z);
     var s = 0.0;
     for (var kk = 0u; kk < p.k; kk++) {
-        s += load_a(batch, i, kk) * load_b(batch, kk, j);
+        s += load_a(ab, i, kk) * load_b(bb, kk, j);
     }
-    store_c(batch, i, j, s);
+    store_c(c_base(gid.z), i, j, s);
 }
 
 @compute @workgroup_size(8, 8, 1)
@@ -146,7 +176,6 @@ fn matmul_reg(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let batch = wid.z;
     let i0 = wid.y * 64u + lid.y * 8u;
     // Columns interleave across invocations (j0 + 8c) so neighbouring lanes read neighbouring
     // B elements.
@@ -155,10 +184,10 @@ fn matmul_reg(
     var ar: array<u32, 8>;
     var bc: vec4<u32>;
     for (var r = 0u; r < 8u; r++) {
-        ar[r] = batch * p.a_bs + min(i0 + r, p.m - 1u) * p.a_rs;
+        ar[r] = a_base(wid.z) + min(i0 + r, p.m - 1u) * p.a_rs;
     }
     for (var c = 0u; c < 4u; c++) {
-        bc[c] = batch * p.b_bs + min(j0 + 8u * c, p.n - 1u) * p.b_cs;
+        bc[c] = b_base(wid.z) + min(j0 + 8u * c, p.n - 1u) * p.b_cs;
     }
     var acc: array<vec4<f32>, 8>;
     for (var r = 0u; r < 8u; r++) {
@@ -172,11 +201,12 @@ fn matmul_reg(
             acc[r] += a[ar[r] + ak] * bv;
         }
     }
+    let cb = c_base(wid.z);
     for (var r = 0u; r < 8u; r++) {
         let v = acc[r];
-        store_c(batch, i0 + r, j0, v.x);
-        store_c(batch, i0 + r, j0 + 8u, v.y);
-        store_c(batch, i0 + r, j0 + 16u, v.z);
-        store_c(batch, i0 + r, j0 + 24u, v.w);
+        store_c(cb, i0 + r, j0, v.x);
+        store_c(cb, i0 + r, j0 + 8u, v.y);
+        store_c(cb, i0 + r, j0 + 16u, v.z);
+        store_c(cb, i0 + r, j0 + 24u, v.w);
     }
 }

@@ -7,9 +7,10 @@
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::kernels::Target;
 use crate::kernels::{adamw, attention, embedding, matmul, Op};
 use crate::rng::Rng;
-use crate::runtime::{Backend, Buf, CpuBackend, Dtype};
+use crate::runtime::{Backend, Buf, CpuBackend, Dtype, GpuBackend};
 
 /// How a buffer starts.
 #[derive(Clone, Copy, Debug)]
@@ -81,39 +82,106 @@ fn out(label: &'static str, len: usize) -> BufSpec {
     f(label, len, Init::Zero)
 }
 
+fn matmul_name(variant: &str) -> &'static str {
+    match variant {
+        "naive" => "matmul naive",
+        "tiled" => "matmul tiled",
+        "reg" => "matmul reg",
+        "sg_small" => "matmul sg_small",
+        _ => "matmul sg",
+    }
+}
+
 /// `batch` products of `[m x k]·[k x n]`, with `(trans_a, trans_b, accumulate)` flags.
 fn matmul_case(variant: &'static str, [batch, m, n, k]: [u32; 4], flags: [bool; 3]) -> Case {
     let [trans_a, trans_b, accumulate] = flags;
-    let s = matmul::Shape {
-        batch,
-        m,
-        n,
-        k,
-        trans_a,
-        trans_b,
-        accumulate,
-    };
-    let (bu, mu, nu, ku) = (batch as usize, m as usize, n as usize, k as usize);
+    let s = matmul::Shape::dense(batch, [m, n, k], trans_a, trans_b, accumulate);
     let tag = |t: bool| if t { "ᵀ" } else { "" };
+    let shape = format!(
+        "{batch}x A{}[{m}x{k}] B{}[{k}x{n}]{}",
+        tag(trans_a),
+        tag(trans_b),
+        if accumulate { " +=" } else { "" }
+    );
+    strided_case(variant, s, shape)
+}
+
+/// Attention's products on a `qkv [B, T, 3C]` buffer, per (batch, head) with 3 heads of
+/// size 5: scores `alpha q kᵀ` (k a column slice, read transposed) and `dk += alpha attᵀ q`
+/// written into the k columns of a wider buffer, whose other columns must survive.
+/// Exercises offsets, two batch levels, C strides and alpha on every variant.
+fn matmul_strided_cases(variant: &'static str) -> Vec<Case> {
+    let (bb, t, nh, hd) = (2u32, 17u32, 3u32, 5u32);
+    let c = nh * hd;
+    let qkv = |off: u32| matmul::Layout {
+        off,
+        rs: 3 * c,
+        cs: 1,
+        bs: t * 3 * c,
+        bs2: hd,
+    };
+    let att = matmul::Layout {
+        off: 0,
+        rs: t,
+        cs: 1,
+        bs: nh * t * t,
+        bs2: t * t,
+    };
+    let kt = matmul::Layout {
+        rs: 1,
+        cs: 3 * c,
+        ..qkv(c)
+    };
+    let scores = matmul::Shape {
+        batch: bb * nh,
+        inner: nh,
+        m: t,
+        n: t,
+        k: hd,
+        a: qkv(0),
+        b: kt,
+        c: att,
+        alpha: 0.3,
+        accumulate: false,
+    };
+    // dk[j, d] += 0.3 * sum_t att[t, j] q[t, d], into the k third of a [B, T, 3C] buffer
+    let att_t = matmul::Layout {
+        rs: 1,
+        cs: t,
+        ..att
+    };
+    let dk = matmul::Shape {
+        batch: bb * nh,
+        inner: nh,
+        m: t,
+        n: hd,
+        k: t,
+        a: att_t,
+        b: qkv(0),
+        c: qkv(c),
+        alpha: 0.3,
+        accumulate: true,
+    };
+    vec![
+        strided_case(variant, scores, format!("{bb}x{nh} heads q·kᵀ [{t}x{hd}]")),
+        strided_case(variant, dk, format!("{bb}x{nh} heads attᵀ·q += [{t}x{t}]")),
+    ]
+}
+
+/// One product on buffers just long enough for its layouts.
+fn strided_case(variant: &'static str, s: matmul::Shape, shape: String) -> Case {
+    let [ea, eb, ec] = s.extents();
+    let k = s.k;
     Case {
-        op: match variant {
-            "naive" => "matmul naive",
-            "tiled" => "matmul tiled",
-            _ => "matmul",
-        },
-        shape: format!(
-            "{batch}x A{}[{m}x{k}] B{}[{k}x{n}]{}",
-            tag(trans_a),
-            tag(trans_b),
-            if accumulate { " +=" } else { "" }
-        ),
+        op: matmul_name(variant),
+        shape,
         bufs: vec![
-            f("a", bu * mu * ku, Init::Normal(1.0)),
-            f("b", bu * ku * nu, Init::Normal(1.0)),
+            f("a", ea, Init::Normal(1.0)),
+            f("b", eb, Init::Normal(1.0)),
             f(
                 "c",
-                bu * mu * nu,
-                if accumulate {
+                ec,
+                if s.accumulate {
                     Init::Normal(1.0)
                 } else {
                     Init::Fill(7.0)
@@ -145,23 +213,20 @@ pub fn cases() -> Vec<Case> {
         (1, 65, 130, 257),
     ] {
         for &(ta, tb) in &[(false, false), (true, false), (false, true), (true, true)] {
-            v.push(matmul_case(
-                matmul::DEFAULT_VARIANT,
-                [batch, m, n, k],
-                [ta, tb, false],
-            ));
+            for variant in matmul::VARIANTS {
+                v.push(matmul_case(variant, [batch, m, n, k], [ta, tb, false]));
+            }
         }
     }
-    let d = matmul::DEFAULT_VARIANT;
-    v.push(matmul_case(d, [3, 17, 65, 33], [false, true, true]));
-    v.push(matmul_case(d, [1, 768, 384, 128], [false, true, false])); // c_attn forward
-    v.push(matmul_case(d, [1, 768, 130, 128], [false, true, false])); // lm head
-    v.push(matmul_case(d, [1, 512, 128, 768], [true, false, false])); // c_fc weight grad
-    v.push(matmul_case(d, [1, 768, 128, 512], [false, false, true])); // c_proj input grad
-    v.push(matmul_case("tiled", [2, 17, 65, 33], [false, true, false]));
-    v.push(matmul_case("tiled", [1, 65, 130, 257], [true, false, true]));
-    v.push(matmul_case("naive", [2, 17, 65, 33], [false, false, false]));
-    v.push(matmul_case("naive", [1, 65, 130, 257], [true, true, true]));
+    for d in matmul::VARIANTS {
+        v.extend(matmul_strided_cases(d));
+        v.push(matmul_case(d, [3, 17, 65, 33], [false, true, true]));
+        v.push(matmul_case(d, [1, 768, 384, 128], [false, true, false])); // c_attn forward
+        v.push(matmul_case(d, [1, 768, 130, 128], [false, true, false])); // lm head
+        v.push(matmul_case(d, [1, 512, 128, 768], [true, false, false])); // c_fc weight grad
+        v.push(matmul_case(d, [1, 768, 128, 512], [false, false, true])); // c_proj input grad
+        v.push(matmul_case(d, [1, 65, 130, 257], [true, true, true]));
+    }
 
     for &(rows, cols) in &[(1u32, 1u32), (3, 17), (5, 257), (768, 130)] {
         let n = (rows * cols) as usize;
@@ -259,10 +324,15 @@ pub fn cases() -> Vec<Case> {
     for &(rows, cols) in &[(1u32, 1u32), (3, 17), (5, 65), (768, 128)] {
         let n = (rows * cols) as usize;
         let r = rows as usize;
-        for accumulate in [false, true] {
+        // (dx accumulates, the residual add is fused in front)
+        for (accumulate, fused) in [(false, false), (true, false), (true, true)] {
             v.push(Case {
                 op: "layernorm fwd+bwd",
-                shape: format!("[{rows}x{cols}]{}", if accumulate { " dx+=" } else { "" }),
+                shape: format!(
+                    "[{rows}x{cols}]{}{}",
+                    if fused { " x+b" } else { "" },
+                    if accumulate { " dx+=" } else { "" }
+                ),
                 bufs: vec![
                     f("x", n, Init::Normal(2.0)),
                     f("w", cols as usize, Init::Uniform(0.5, 1.5)),
@@ -280,13 +350,17 @@ pub fn cases() -> Vec<Case> {
                         },
                     ),
                     out("dw", cols as usize),
+                    f("branch", n, Init::Normal(1.0)),
+                    out("sum", n),
                 ],
                 ops: Box::new(move |b| {
+                    let input = if fused { b[9] } else { b[0] };
                     vec![
                         Op::LayerNormFwd {
                             rows,
                             cols,
                             x: b[0],
+                            residual: fused.then_some((b[8], b[9])),
                             w: b[1],
                             y: b[2],
                             mean: b[3],
@@ -296,7 +370,7 @@ pub fn cases() -> Vec<Case> {
                             rows,
                             cols,
                             accumulate,
-                            x: b[0],
+                            x: input,
                             w: b[1],
                             mean: b[3],
                             rstd: b[4],
@@ -306,7 +380,11 @@ pub fn cases() -> Vec<Case> {
                         },
                     ]
                 }),
-                outputs: vec![2, 3, 4, 6, 7],
+                outputs: if fused {
+                    vec![2, 3, 4, 6, 7, 9]
+                } else {
+                    vec![2, 3, 4, 6, 7]
+                },
                 tol: 1e-4,
             });
         }
@@ -579,26 +657,72 @@ fn step_scalars(case: &Case) -> Option<[f32; 4]> {
     })
 }
 
-/// Runs one case on `gpu` and on the CPU twins and compares the outputs.
-pub fn run_case(gpu: &mut dyn Backend, case: &Case, seed: u64) -> Result<Row> {
-    let mut cpu = CpuBackend::new();
-    let mut results = Vec::new();
-    for be in [gpu, &mut cpu as &mut dyn Backend] {
-        let bufs = setup(be, case, seed)?;
-        if let Some(s) = step_scalars(case) {
-            be.write_f32(bufs[2], &s);
-        }
-        let ops = (case.ops)(&bufs);
-        let seq = be.compile(&ops)?;
-        be.run(&[seq])?;
-        let mut outs = Vec::new();
-        for &i in &case.outputs {
-            outs.push(be.read_f32(bufs[i])?);
-        }
-        results.push(outs);
+/// The kernel choices a case runs under on `gpu`: the adapter's own, plus the other row-kernel
+/// flavour where it changes the dispatches, so every variant is checked on every adapter.
+/// Choices the adapter cannot run (subgroup kernels without 8-wide subgroups) are left out.
+fn targets_for(gpu: &GpuBackend, ops: &[Op]) -> Vec<(Target, String)> {
+    let own = gpu.target.clone();
+    let mut other = own.clone();
+    other.cpu_like = !own.cpu_like;
+    let entries = |t: &Target| -> Vec<&'static str> {
+        ops.iter()
+            .flat_map(|o| o.launches(t))
+            .map(|l| l.entry)
+            .collect()
+    };
+    let runnable = |t: &Target| {
+        ops.iter()
+            .flat_map(|o| o.launches(t))
+            .all(|l| l.shader != "matmul_sg" || t.subgroup8)
+    };
+    let mut v = Vec::new();
+    if runnable(&own) {
+        v.push((own.clone(), String::new()));
     }
+    if entries(&other) != entries(&own) && runnable(&other) {
+        let tag = if other.cpu_like {
+            " [cpu-like]"
+        } else {
+            " [gpu]"
+        };
+        v.push((other, tag.to_string()));
+    }
+    v
+}
+
+/// Runs one case on `gpu` (under each of its kernel choices) and on the CPU twins, and
+/// compares the outputs: one row per choice.
+pub fn run_case(gpu: &mut GpuBackend, case: &Case, seed: u64) -> Result<Vec<Row>> {
+    let mut cpu = CpuBackend::new();
+    let want = run_on(&mut cpu, case, seed)?;
+    let probe: Vec<Op> = (case.ops)(&vec![Buf(0); case.bufs.len()]);
+    let saved = gpu.target.clone();
+    let mut rows = Vec::new();
+    for (t, tag) in targets_for(gpu, &probe) {
+        gpu.target = t;
+        let got = run_on(gpu, case, seed);
+        gpu.target = saved.clone();
+        let mut row = compare(case, &got?, &want);
+        row.op.push_str(&tag);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn run_on(be: &mut dyn Backend, case: &Case, seed: u64) -> Result<Vec<Vec<f32>>> {
+    let bufs = setup(be, case, seed)?;
+    if let Some(s) = step_scalars(case) {
+        be.write_f32(bufs[2], &s);
+    }
+    let ops = (case.ops)(&bufs);
+    let seq = be.compile(&ops)?;
+    be.run(&[seq])?;
+    case.outputs.iter().map(|&i| be.read_f32(bufs[i])).collect()
+}
+
+fn compare(case: &Case, gpu: &[Vec<f32>], cpu: &[Vec<f32>]) -> Row {
     let (mut max_abs, mut max_rel, mut ok) = (0.0f64, 0.0f64, true);
-    for (g, c) in results[0].iter().zip(&results[1]) {
+    for (g, c) in gpu.iter().zip(cpu) {
         let scale = c
             .iter()
             .filter(|x| x.is_finite())
@@ -624,17 +748,21 @@ pub fn run_case(gpu: &mut dyn Backend, case: &Case, seed: u64) -> Result<Row> {
             ok = false;
         }
     }
-    Ok(Row {
+    Row {
         op: case.op.to_string(),
         shape: case.shape.clone(),
         max_abs_err: max_abs,
         max_rel_err: max_rel,
         tol: case.tol,
         ok,
-    })
+    }
 }
 
 /// All cases, in order.
-pub fn run_all(gpu: &mut dyn Backend, seed: u64) -> Result<Vec<Row>> {
-    cases().iter().map(|c| run_case(gpu, c, seed)).collect()
+pub fn run_all(gpu: &mut GpuBackend, seed: u64) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for c in cases() {
+        rows.extend(run_case(gpu, &c, seed)?);
+    }
+    Ok(rows)
 }

@@ -5,6 +5,8 @@
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
 
+use crate::kernels::Target;
+
 /// Backends a user can name on the command line.
 pub const BACKEND_NAMES: &str = "vulkan, metal, dx12, gl";
 
@@ -49,6 +51,8 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub timestamps: bool,
+    /// Subgroup operations are enabled (kernels that need them are picked only then).
+    pub subgroups: bool,
 }
 
 impl Gpu {
@@ -101,9 +105,13 @@ impl Gpu {
             );
         }
         let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP);
         let mut features = wgpu::Features::empty();
         if timestamps {
             features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        if subgroups {
+            features |= wgpu::Features::SUBGROUP;
         }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("selfish"),
@@ -123,7 +131,25 @@ impl Gpu {
             info,
             limits,
             timestamps,
+            subgroups,
         })
+    }
+
+    /// The kernel choice this adapter gets. `SELFISH_KERNELS=cpu|gpu` forces the row-kernel
+    /// flavour, to compare them on one adapter.
+    pub fn target(&self) -> Target {
+        let cpu_like = match std::env::var("SELFISH_KERNELS").ok().as_deref() {
+            Some("cpu") => true,
+            Some("gpu") => false,
+            _ => self.info.device_type == wgpu::DeviceType::Cpu,
+        };
+        Target {
+            cpu_like,
+            subgroup8: self.subgroups
+                && self.info.subgroup_min_size == 8
+                && self.info.subgroup_max_size == 8,
+            tuned: Default::default(),
+        }
     }
 
     /// One line naming the adapter, for logs and reports.

@@ -1,6 +1,8 @@
 //! selfish: character-level GPT training on any GPU through WebGPU, with the threshold
 //! ("selfish token") cross-entropy of the *Stop Jostling* paper.
 
+pub mod analysis;
+pub mod bench;
 pub mod check;
 pub mod checkpoint;
 pub mod data;
@@ -12,3 +14,4 @@ pub mod model;
 pub mod rng;
 pub mod runtime;
 pub mod train;
+pub mod tune;

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
+use selfish::bench;
 use selfish::check;
 use selfish::data::{self, Dataset};
 use selfish::gpu;
 use selfish::model::GptConfig;
-use selfish::runtime::{open_backend, GpuBackend};
+use selfish::runtime::{open_backend, Backend, GpuBackend};
 use selfish::train::{self, TrainConfig};
 
 /// The corpus path when --data is not given.
@@ -233,6 +234,52 @@ enum Cmd {
         #[arg(long)]
         backend: Option<String>,
     },
+    /// Matmul GFLOP/s per kernel variant, training-step time and tokens/s, per-kernel time
+    /// and memory (compare with `python3 tools/bench_torch.py`).
+    Bench {
+        /// vulkan, metal, dx12, gl, or cpu (the CPU twins).
+        #[arg(long)]
+        backend: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// Model configs to time a training step of.
+        #[arg(long, value_delimiter = ',', default_value = "paper,large")]
+        configs: Vec<String>,
+        /// Losses to time: plain, margin:M.
+        #[arg(long, value_delimiter = ',', default_value = "plain,margin:1")]
+        losses: Vec<String>,
+        /// Timed steps per config and loss (fewer when --max-seconds runs out).
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Square matmul sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096")]
+        sizes: Vec<u32>,
+        /// Skip a measurement whose single run takes longer than this.
+        #[arg(long, default_value_t = 10.0)]
+        max_seconds: f64,
+        #[arg(long)]
+        no_matmul: bool,
+        #[arg(long)]
+        no_profile: bool,
+    },
+    /// Time every matmul variant on the products a model runs and cache the fastest per
+    /// shape for this adapter (later runs use them; `SELFISH_TUNED=0` ignores the cache).
+    Tune {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Vocabulary size of the model to tune for (130: tiny Shakespeare, two alphabets).
+        #[arg(long, default_value_t = 130)]
+        vocab: usize,
+        #[arg(long)]
+        backend: Option<String>,
+        /// Skip a variant whose single run takes longer than this.
+        #[arg(long, default_value_t = 5.0)]
+        max_seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// List every GPU adapter wgpu can see, with the limits that matter for training.
     Devices {
         /// Only this backend: vulkan, metal, dx12 or gl.
@@ -381,6 +428,88 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Devices { backend, json } => devices(backend.as_deref(), json),
+        Cmd::Tune {
+            model,
+            vocab,
+            backend,
+            max_seconds,
+            json,
+        } => {
+            let (cfg, batch) = model_config(&model, vocab)?;
+            let mut gpu = GpuBackend::open(backend.as_deref())?;
+            let mark = gpu.mark();
+            selfish::model::Gpt::new(
+                &mut gpu,
+                cfg,
+                batch,
+                None,
+                selfish::model::OptConfig::default(),
+            )?;
+            gpu.release(mark);
+            let rows = selfish::tune::tune(&mut gpu, max_seconds)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("adapter: {}", gpu.gpu.describe());
+                for r in &rows {
+                    let times: Vec<String> = r
+                        .times
+                        .iter()
+                        .map(|(v, ms)| format!("{v} {ms:.3} ms"))
+                        .collect();
+                    println!("{:<28} best {:<9} ({})", r.shape, r.best, times.join(", "));
+                }
+                if let Some(p) = selfish::tune::cache_path() {
+                    println!("saved to {}", p.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench {
+            backend,
+            json,
+            configs,
+            losses,
+            steps,
+            warmup,
+            sizes,
+            max_seconds,
+            no_matmul,
+            no_profile,
+        } => {
+            let opts = bench::Options {
+                configs,
+                losses,
+                warmup,
+                steps,
+                sizes,
+                max_seconds,
+                matmul: !no_matmul,
+                profile: !no_profile,
+            };
+            for l in &opts.losses {
+                bench::parse_loss(l)?;
+            }
+            for c in &opts.configs {
+                bench::named_config(c, 130)?;
+            }
+            let report = if backend
+                .as_deref()
+                .is_some_and(|b| b.eq_ignore_ascii_case("cpu"))
+            {
+                let mut cpu = selfish::runtime::CpuBackend::new();
+                bench::run(bench::Bench::Cpu(&mut cpu), &opts)?
+            } else {
+                let mut gpu = GpuBackend::open(backend.as_deref())?;
+                bench::run(bench::Bench::Gpu(&mut gpu), &opts)?
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                bench::print(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Check {
             backend,
             json,
@@ -477,7 +606,7 @@ fn check_kernels(
     if !json {
         println!("adapter: {}", gpu.gpu.describe());
         println!(
-            "{:<26} {:<30} {:>11} {:>11} {:>9}  ok",
+            "{:<32} {:<30} {:>11} {:>11} {:>9}  ok",
             "op", "shape", "max abs", "max rel", "tol"
         );
     }
@@ -486,19 +615,20 @@ fn check_kernels(
         .into_iter()
         .filter(|c| only.is_none_or(|o| c.op.contains(o)));
     for case in cases {
-        let row = check::run_case(&mut gpu, &case, seed)?;
-        if !json {
-            println!(
-                "{:<26} {:<30} {:>11.3e} {:>11.3e} {:>9.1e}  {}",
-                row.op,
-                row.shape,
-                row.max_abs_err,
-                row.max_rel_err,
-                row.tol,
-                if row.ok { "ok" } else { "FAIL" }
-            );
+        for row in check::run_case(&mut gpu, &case, seed)? {
+            if !json {
+                println!(
+                    "{:<32} {:<30} {:>11.3e} {:>11.3e} {:>9.1e}  {}",
+                    row.op,
+                    row.shape,
+                    row.max_abs_err,
+                    row.max_rel_err,
+                    row.tol,
+                    if row.ok { "ok" } else { "FAIL" }
+                );
+            }
+            rows.push(row);
         }
-        rows.push(row);
     }
     if rows.is_empty() {
         anyhow::bail!("no kernel matches --op {}: try matmul, softmax, threshold, cross_entropy, layernorm, gelu, attention, embedding, residual or adamw", only.unwrap_or(""));

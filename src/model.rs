@@ -335,15 +335,7 @@ impl Gpt {
         let (bt32, c32, t32, v32) = (bt as u32, c as u32, t as u32, v as u32);
         // y[bt, out] = x[bt, in] · W[out, in]ᵀ
         let linear = |x: Buf, w: Buf, y: Buf, out: usize, inp: usize| Op::Matmul {
-            s: matmul::Shape {
-                batch: 1,
-                m: bt32,
-                n: out as u32,
-                k: inp as u32,
-                trans_a: false,
-                trans_b: true,
-                accumulate: false,
-            },
+            s: matmul::Shape::dense(1, [bt32, out as u32, inp as u32], false, true, false),
             a: x,
             b: w,
             c: y,
@@ -352,29 +344,13 @@ impl Gpt {
         let linear_bwd = |x: Buf, w: Buf, dy: Buf, dx: Buf, dw: Buf, out: usize, inp: usize| {
             [
                 Op::Matmul {
-                    s: matmul::Shape {
-                        batch: 1,
-                        m: bt32,
-                        n: inp as u32,
-                        k: out as u32,
-                        trans_a: false,
-                        trans_b: false,
-                        accumulate: false,
-                    },
+                    s: matmul::Shape::dense(1, [bt32, inp as u32, out as u32], false, false, false),
                     a: dy,
                     b: w,
                     c: dx,
                 },
                 Op::Matmul {
-                    s: matmul::Shape {
-                        batch: 1,
-                        m: out as u32,
-                        n: inp as u32,
-                        k: bt32,
-                        trans_a: true,
-                        trans_b: false,
-                        accumulate: false,
-                    },
+                    s: matmul::Shape::dense(1, [out as u32, inp as u32, bt32], true, false, false),
                     a: dy,
                     b: x,
                     c: dw,
@@ -402,18 +378,25 @@ impl Gpt {
             wpe: params[1],
             x: x0,
         }];
+        // Each residual add is fused into the LayerNorm that reads its sum: `res` holds the
+        // (branch, sum) that the next LayerNorm adds to the stream `x` and stores.
         let mut x = x0;
+        let mut res: Option<(Buf, Buf)> = None;
         for (l, a) in acts.iter().enumerate() {
             let p = layer_params(l);
             fwd.push(Op::LayerNormFwd {
                 rows: bt32,
                 cols: c32,
                 x,
+                residual: res,
                 w: params[p.ln_1],
                 y: a.ln_1,
                 mean: a.ln_1_mean,
                 rstd: a.ln_1_rstd,
             });
+            if let Some((_, sum)) = res {
+                x = sum;
+            }
             fwd.push(linear(a.ln_1, params[p.c_attn], a.qkv, 3 * c, c));
             fwd.push(Op::AttentionFwd {
                 s: att_shape,
@@ -422,21 +405,18 @@ impl Gpt {
                 y: a.atty,
             });
             fwd.push(linear(a.atty, params[p.attn_proj], proj, c, c));
-            fwd.push(Op::Add {
-                n: bt32 * c32,
-                a: x,
-                b: proj,
-                out: a.mid,
-            });
+            // mid = x + attention branch
             fwd.push(Op::LayerNormFwd {
                 rows: bt32,
                 cols: c32,
-                x: a.mid,
+                x,
+                residual: Some((proj, a.mid)),
                 w: params[p.ln_2],
                 y: a.ln_2,
                 mean: a.ln_2_mean,
                 rstd: a.ln_2_rstd,
             });
+            x = a.mid;
             fwd.push(linear(a.ln_2, params[p.c_fc], a.fc, 4 * c, c));
             fwd.push(Op::GeluFwd {
                 n: bt32 * 4 * c32,
@@ -444,24 +424,23 @@ impl Gpt {
                 y: a.fc_gelu,
             });
             fwd.push(linear(a.fc_gelu, params[p.mlp_proj], proj, c, 4 * c));
-            fwd.push(Op::Add {
-                n: bt32 * c32,
-                a: a.mid,
-                b: proj,
-                out: a.out,
-            });
-            x = a.out;
+            // out = mid + MLP branch, added by the next LayerNorm
+            res = Some((proj, a.out));
         }
         let ln_f = params.len() - 1;
         fwd.push(Op::LayerNormFwd {
             rows: bt32,
             cols: c32,
             x,
+            residual: res,
             w: params[ln_f],
             y: lnf,
             mean: lnf_mean,
             rstd: lnf_rstd,
         });
+        if let Some((_, sum)) = res {
+            x = sum;
+        }
         fwd.push(linear(lnf, params[0], logits, v, c));
 
         // ---- loss and backward, in reverse

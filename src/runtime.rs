@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Result};
 use wgpu::util::DeviceExt;
 
 use crate::gpu::Gpu;
-use crate::kernels::{Launch, Op, SHADERS};
+use crate::kernels::{Launch, Op, Target, SHADERS};
 
 /// A buffer handle, valid for the backend that allocated it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -43,6 +43,19 @@ pub trait Backend {
     fn run(&mut self, seqs: &[Seq]) -> Result<()>;
     /// Waits for queued work (a no-op on the CPU).
     fn finish(&mut self) -> Result<()>;
+    /// Bytes this backend holds for buffers (and, on the GPU, dispatch uniforms).
+    fn allocated_bytes(&self) -> u64;
+    /// A point to return to with [`Backend::release`].
+    fn mark(&self) -> Mark;
+    /// Frees every buffer and sequence made after `m`; their handles become invalid.
+    fn release(&mut self, m: Mark);
+}
+
+/// Counts of buffers and sequences at some moment; see [`Backend::mark`].
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    bufs: usize,
+    seqs: usize,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -141,6 +154,23 @@ impl Backend for CpuBackend {
     fn finish(&mut self) -> Result<()> {
         Ok(())
     }
+    fn allocated_bytes(&self) -> u64 {
+        let f: usize = self.mem.f.iter().map(Vec::len).sum();
+        let u: usize = self.mem.u.iter().map(Vec::len).sum();
+        4 * (f + u) as u64
+    }
+    fn mark(&self) -> Mark {
+        Mark {
+            bufs: self.mem.f.len(),
+            seqs: self.seqs.len(),
+        }
+    }
+    fn release(&mut self, m: Mark) {
+        self.mem.f.truncate(m.bufs);
+        self.mem.u.truncate(m.bufs);
+        self.mem.dtype.truncate(m.bufs);
+        self.seqs.truncate(m.seqs);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -153,11 +183,15 @@ struct Prepared {
     bind_group: wgpu::BindGroup,
     groups: [u32; 3],
     /// Kept alive for the bind group.
-    _uniform: wgpu::Buffer,
+    uniform: wgpu::Buffer,
 }
 
 pub struct GpuBackend {
     pub gpu: Gpu,
+    /// Kernel choice for this adapter; set before `compile` to force another (checks, benches).
+    pub target: Target,
+    /// Every matmul shape compiled so far, by [`matmul::Shape::key`] (what `selfish tune` times).
+    pub matmul_shapes: std::collections::BTreeMap<String, crate::kernels::matmul::Shape>,
     bufs: Vec<(wgpu::Buffer, usize, Dtype)>,
     modules: HashMap<&'static str, wgpu::ShaderModule>,
     pipelines: Vec<wgpu::ComputePipeline>,
@@ -166,8 +200,15 @@ pub struct GpuBackend {
 }
 
 impl GpuBackend {
+    /// Kernel choice from the adapter and, unless `SELFISH_TUNED=0`, `selfish tune`'s cache.
     pub fn new(gpu: Gpu) -> GpuBackend {
+        let mut target = gpu.target();
+        if std::env::var("SELFISH_TUNED").as_deref() != Ok("0") {
+            target.tuned = crate::tune::load(&gpu, &crate::kernels::matmul::available(&target));
+        }
         GpuBackend {
+            target,
+            matmul_shapes: Default::default(),
             gpu,
             bufs: Vec::new(),
             modules: HashMap::new(),
@@ -267,20 +308,52 @@ impl GpuBackend {
             pipeline,
             bind_group,
             groups: l.groups,
-            _uniform: uniform,
+            uniform,
         })
     }
 }
 
+/// Time spent in one kind of dispatch over a profiled run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KernelTime {
+    /// `shader::entry`
+    pub kernel: String,
+    /// Seconds per run of the profiled sequences.
+    pub seconds: f64,
+    /// Dispatches per run.
+    pub dispatches: usize,
+}
+
 impl GpuBackend {
-    /// Wall-clock seconds per dispatch label over `reps` runs of `seqs`, each dispatch
-    /// submitted and waited for alone. Slower than a real step; it shows where time goes.
-    pub fn profile(&mut self, seqs: &[Seq], reps: usize) -> Result<Vec<(String, f64, usize)>> {
-        let mut totals: Vec<(String, f64, usize)> = Vec::new();
+    /// Time per kernel over `reps` runs of `seqs`, largest first, and whether it came from
+    /// GPU timestamps (each dispatch in its own pass, all submitted together) or, where the
+    /// adapter has none, from the wall clock around each dispatch submitted and waited for alone.
+    pub fn profile(&mut self, seqs: &[Seq], reps: usize) -> Result<(Vec<KernelTime>, bool)> {
+        let list: Vec<(usize, usize)> = seqs
+            .iter()
+            .flat_map(|s| (0..self.seqs[s.0].len()).map(move |i| (s.0, i)))
+            .collect();
+        let mut totals: Vec<KernelTime> = Vec::new();
+        let mut add = |label: &str, secs: f64| match totals.iter_mut().find(|t| t.kernel == label) {
+            Some(t) => {
+                t.seconds += secs;
+                t.dispatches += 1;
+            }
+            None => totals.push(KernelTime {
+                kernel: label.to_string(),
+                seconds: secs,
+                dispatches: 1,
+            }),
+        };
+        let timestamps = self.gpu.timestamps && !list.is_empty();
         for _ in 0..reps {
-            for s in seqs {
-                for i in 0..self.seqs[s.0].len() {
-                    let p = &self.seqs[s.0][i];
+            if timestamps {
+                for (label, secs) in self.time_with_queries(&list)? {
+                    add(&label, secs);
+                }
+            } else {
+                for &(s, i) in &list {
+                    let p = &self.seqs[s][i];
                     let mut enc = self.gpu.device.create_command_encoder(&Default::default());
                     {
                         let mut pass = enc.begin_compute_pass(&Default::default());
@@ -288,28 +361,95 @@ impl GpuBackend {
                         pass.set_bind_group(0, &p.bind_group, &[]);
                         pass.dispatch_workgroups(p.groups[0], p.groups[1], p.groups[2]);
                     }
+                    let label = p.label.clone();
                     let t0 = std::time::Instant::now();
                     self.gpu.queue.submit([enc.finish()]);
                     self.finish()?;
-                    let dt = t0.elapsed().as_secs_f64();
-                    let label = self.seqs[s.0][i].label.clone();
-                    match totals.iter_mut().find(|t| t.0 == label) {
-                        Some(t) => {
-                            t.1 += dt;
-                            t.2 += 1;
-                        }
-                        None => totals.push((label, dt, 1)),
-                    }
+                    add(&label, t0.elapsed().as_secs_f64());
                 }
             }
         }
         for t in &mut totals {
-            t.1 /= reps as f64;
-            t.2 /= reps;
+            t.seconds /= reps.max(1) as f64;
+            t.dispatches /= reps.max(1);
         }
-        totals.sort_by(|a, b| b.1.total_cmp(&a.1));
-        Ok(totals)
+        totals.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        Ok((totals, timestamps))
     }
+
+    /// Runs every listed dispatch in its own pass between two timestamps, in one submission.
+    fn time_with_queries(&mut self, list: &[(usize, usize)]) -> Result<Vec<(String, f64)>> {
+        let device = &self.gpu.device;
+        // WebGPU caps a query set at 4096 queries: two per dispatch.
+        let mut out = Vec::new();
+        for chunk in list.chunks(2048) {
+            let n = 2 * chunk.len() as u32;
+            let set = device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("profile"),
+                ty: wgpu::QueryType::Timestamp,
+                count: n,
+            });
+            let bytes = n as u64 * 8;
+            let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile resolve"),
+                size: bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile readback"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut enc = device.create_command_encoder(&Default::default());
+            for (q, &(s, i)) in chunk.iter().enumerate() {
+                let p = &self.seqs[s][i];
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &set,
+                        beginning_of_pass_write_index: Some(2 * q as u32),
+                        end_of_pass_write_index: Some(2 * q as u32 + 1),
+                    }),
+                });
+                pass.set_pipeline(&self.pipelines[p.pipeline]);
+                pass.set_bind_group(0, &p.bind_group, &[]);
+                pass.dispatch_workgroups(p.groups[0], p.groups[1], p.groups[2]);
+            }
+            enc.resolve_query_set(&set, 0..n, &resolve, 0);
+            enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, bytes);
+            self.gpu.queue.submit([enc.finish()]);
+            let ticks: Vec<u64> = map_read(device, &staging)?;
+            let period = self.gpu.queue.get_timestamp_period() as f64 * 1e-9;
+            for (q, &(s, i)) in chunk.iter().enumerate() {
+                let dt = ticks[2 * q + 1].saturating_sub(ticks[2 * q]) as f64 * period;
+                out.push((self.seqs[s][i].label.clone(), dt));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Waits for the queue, then copies a `MAP_READ` buffer out.
+fn map_read<T: bytemuck::Pod>(device: &wgpu::Device, staging: &wgpu::Buffer) -> Result<Vec<T>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        let _ = tx.send(r);
+    });
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| anyhow!("GPU wait failed: {e}"))?;
+    rx.recv()?
+        .map_err(|e| anyhow!("reading a GPU buffer failed: {e}"))?;
+    let out = {
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| anyhow!("mapping a GPU buffer failed: {e}"))?;
+        bytemuck::cast_slice(&view).to_vec()
+    };
+    staging.unmap();
+    Ok(out)
 }
 
 impl Backend for GpuBackend {
@@ -371,28 +511,16 @@ impl Backend for GpuBackend {
         let mut enc = device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
         self.gpu.queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| anyhow!("GPU wait failed: {e}"))?;
-        rx.recv()?
-            .map_err(|e| anyhow!("reading a GPU buffer failed: {e}"))?;
-        let out = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| anyhow!("mapping a GPU buffer failed: {e}"))?;
-            bytemuck::cast_slice(&view).to_vec()
-        };
-        staging.unmap();
+        let out = map_read(device, &staging)?;
         Ok(out)
     }
     fn compile(&mut self, ops: &[Op]) -> Result<Seq> {
         let mut prepared = Vec::new();
         for op in ops {
-            for l in op.launches() {
+            for s in op.matmul_shapes(&self.target) {
+                self.matmul_shapes.insert(s.key(), s);
+            }
+            for l in op.launches(&self.target) {
                 prepared.push(self.prepare(&l)?);
             }
         }
@@ -421,6 +549,23 @@ impl Backend for GpuBackend {
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| anyhow!("GPU wait failed: {e}"))?;
         Ok(())
+    }
+    fn allocated_bytes(&self) -> u64 {
+        let bufs: u64 = self.bufs.iter().map(|b| b.0.size()).sum();
+        let uniforms: u64 = self.seqs.iter().flatten().map(|p| p.uniform.size()).sum();
+        bufs + uniforms
+    }
+    fn mark(&self) -> Mark {
+        Mark {
+            bufs: self.bufs.len(),
+            seqs: self.seqs.len(),
+        }
+    }
+    fn release(&mut self, m: Mark) {
+        for (b, _, _) in self.bufs.drain(m.bufs.min(self.bufs.len())..) {
+            b.destroy();
+        }
+        self.seqs.truncate(m.seqs);
     }
 }
 

@@ -6,7 +6,7 @@
 //! scale while updating. The update follows PyTorch's `AdamW` (decoupled weight decay on the
 //! old parameter, then the bias-corrected Adam step) with `clip_grad_norm_`'s scale.
 
-use crate::kernels::{elem_grid, w, Launch};
+use crate::kernels::{elem_grid, w, Launch, Target};
 use crate::runtime::Buf;
 
 /// Fixed AdamW hyper-parameters; lr and bias corrections change per step and live in the
@@ -45,13 +45,19 @@ fn params(n: u32, slot: u32, clip: f32, h: Option<&Hyper>) -> Vec<u32> {
 }
 
 /// `partials[slot + k]` = sum of `g[i]^2` over the `i < n` with `(i / 256) % SUMSQ_GROUPS == k`.
-pub fn launch_sum_squares(n: u32, slot: u32, g: Buf, partials: Buf) -> Launch {
+/// CPU-like adapters get one workgroup whose invocations each own one partial.
+pub fn launch_sum_squares(t: &Target, n: u32, slot: u32, g: Buf, partials: Buf) -> Launch {
+    let (entry, groups) = if t.cpu_like {
+        ("sum_squares_lanes", [1, 1, 1])
+    } else {
+        ("sum_squares", [SUMSQ_GROUPS, 1, 1])
+    };
     Launch {
         shader: "adamw",
-        entry: "sum_squares",
+        entry,
         params: params(n, slot, 0.0, None),
         bufs: vec![(1, g), (2, partials)],
-        groups: [SUMSQ_GROUPS, 1, 1],
+        groups,
     }
 }
 

@@ -2,7 +2,8 @@
 //! head, on the fused `qkv` output of `c_attn` (see `shaders/attention.wgsl` for the math).
 //! Like llm.c, the forward keeps the full `att` matrix so the backward needs no recompute.
 
-use crate::kernels::{grid, w, Launch};
+use crate::kernels::matmul::{self, Layout};
+use crate::kernels::{grid, w, Launch, Target};
 use crate::runtime::Buf;
 
 /// Attention sizes: batch, sequence length, width, heads (head size = c / nh).
@@ -39,19 +40,47 @@ impl Shape {
 }
 
 /// `qkv [B,T,3C]` -> `att [B,NH,T,T]` (causal softmax, zero above the diagonal), `y [B,T,C]`.
-pub fn launch_fwd(s: &Shape, qkv: Buf, att: Buf, y: Buf) -> Launch {
-    Launch {
+/// One fused kernel per query row, or on CPU-like adapters matmuls around a row softmax.
+pub fn launch_fwd(t: &Target, s: &Shape, qkv: Buf, att: Buf, y: Buf) -> Vec<Launch> {
+    if t.cpu_like {
+        let p = Products::new(s);
+        return vec![
+            p.launch(t, p.scores, qkv, qkv, att),
+            rows_launch(s, "attention_softmax_rows", vec![(2, att)]),
+            p.launch(t, p.values, att, qkv, y),
+        ];
+    }
+    vec![Launch {
         shader: "attention",
         entry: "attention_fwd",
         params: s.params(),
         bufs: vec![(1, qkv), (2, att), (3, y)],
         groups: grid(s.rows()),
-    }
+    }]
 }
 
-/// Two dispatches: per query row, ds into `datt` and dq; then per key row, dk and dv from
-/// the columns of `datt` and `att`. Splitting by rows and by columns avoids atomics.
-pub fn launch_bwd(s: &Shape, qkv: Buf, att: Buf, dy: Buf, datt: Buf, dqkv: Buf) -> Vec<Launch> {
+/// Two fused dispatches: per query row, ds into `datt` and dq; then per key row, dk and dv
+/// from the columns of `datt` and `att` (splitting by rows and by columns avoids atomics).
+/// On CPU-like adapters: dp, the row softmax backward in place, then dq, dk, dv as matmuls.
+pub fn launch_bwd(
+    t: &Target,
+    s: &Shape,
+    qkv: Buf,
+    att: Buf,
+    dy: Buf,
+    datt: Buf,
+    dqkv: Buf,
+) -> Vec<Launch> {
+    if t.cpu_like {
+        let p = Products::new(s);
+        return vec![
+            p.launch(t, p.dp, dy, qkv, datt),
+            rows_launch(s, "attention_softmax_bwd_rows", vec![(2, att), (5, datt)]),
+            p.launch(t, p.dq, datt, qkv, dqkv),
+            p.launch(t, p.dk, datt, qkv, dqkv),
+            p.launch(t, p.dv, att, dy, dqkv),
+        ];
+    }
     let bufs = vec![(1, qkv), (2, att), (4, dy), (5, datt), (6, dqkv)];
     vec![
         Launch {
@@ -69,6 +98,100 @@ pub fn launch_bwd(s: &Shape, qkv: Buf, att: Buf, dy: Buf, datt: Buf, dqkv: Buf) 
             groups: grid(s.rows()),
         },
     ]
+}
+
+/// The matmul shapes the CPU-like path runs (for tuning).
+pub fn products(s: &Shape) -> Vec<matmul::Shape> {
+    let p = Products::new(s);
+    vec![p.scores, p.values, p.dp, p.dq, p.dk, p.dv]
+}
+
+fn rows_launch(s: &Shape, entry: &'static str, bufs: Vec<(u32, Buf)>) -> Launch {
+    Launch {
+        shader: "attention",
+        entry,
+        params: s.params(),
+        bufs,
+        groups: grid(s.rows().div_ceil(64)),
+    }
+}
+
+/// Attention as products per (batch, head): z1 = b, z2 = h. Above-diagonal entries are
+/// multiplied too (att and ds are 0 there), trading wasted flops for matmul speed.
+struct Products {
+    /// `att = scale q kᵀ` (before the softmax)
+    scores: matmul::Shape,
+    /// `y = att v`
+    values: matmul::Shape,
+    /// `dp = dy vᵀ`
+    dp: matmul::Shape,
+    /// `dq = scale ds k`
+    dq: matmul::Shape,
+    /// `dk = scale dsᵀ q`
+    dk: matmul::Shape,
+    /// `dv = attᵀ dy`
+    dv: matmul::Shape,
+}
+
+impl Products {
+    fn new(s: &Shape) -> Products {
+        let (t, c, nh, hd) = (s.t, s.c, s.nh, s.hd());
+        let scale = 1.0 / (hd as f32).sqrt();
+        // q, k or v of one head: [T, HD] at column offset `off` of qkv [B, T, 3C]
+        let head = |off: u32| Layout {
+            off,
+            rs: 3 * c,
+            cs: 1,
+            bs: t * 3 * c,
+            bs2: hd,
+        };
+        let transposed = |l: Layout| Layout {
+            rs: l.cs,
+            cs: l.rs,
+            ..l
+        };
+        let (q, k, v) = (head(0), head(c), head(2 * c));
+        // y and dy [B, T, C], one head's columns
+        let yl = Layout {
+            off: 0,
+            rs: c,
+            cs: 1,
+            bs: t * c,
+            bs2: hd,
+        };
+        // att and datt [B, NH, T, T]
+        let al = Layout {
+            off: 0,
+            rs: t,
+            cs: 1,
+            bs: nh * t * t,
+            bs2: t * t,
+        };
+        let product = |m, n, kk, a, b, cl, alpha| matmul::Shape {
+            batch: s.b * nh,
+            inner: nh,
+            m,
+            n,
+            k: kk,
+            a,
+            b,
+            c: cl,
+            alpha,
+            accumulate: false,
+        };
+        Products {
+            scores: product(t, t, hd, q, transposed(k), al, scale),
+            values: product(t, hd, t, al, v, yl, 1.0),
+            dp: product(t, t, hd, yl, transposed(v), al, 1.0),
+            dq: product(t, hd, t, al, k, q, scale),
+            dk: product(t, hd, t, transposed(al), q, k, scale),
+            dv: product(t, hd, t, transposed(al), yl, v, 1.0),
+        }
+    }
+
+    fn launch(&self, t: &Target, s: matmul::Shape, a: Buf, b: Buf, c: Buf) -> Launch {
+        matmul::launch_variant(t.matmul_variant(&s), &s, a, b, c)
+    }
 }
 
 /// Sizes as `usize`: (b, t, c, nh, hd).

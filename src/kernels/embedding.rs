@@ -4,7 +4,7 @@
 //! `dwte` element is owned by one invocation that scans all positions in order, which keeps
 //! the result deterministic. `B * T` is a few thousand at most, so the scan is cheap.
 
-use crate::kernels::{elem_grid, grid, Launch};
+use crate::kernels::{elem_grid, grid, Launch, Target};
 use crate::runtime::Buf;
 
 /// Embedding sizes: batch, sequence length, width, vocabulary.
@@ -37,6 +37,7 @@ pub fn launch_fwd(s: &Shape, idx: Buf, wte: Buf, wpe: Buf, x: Buf) -> Launch {
 /// `dwte [V, C]` (overwritten, or added to when `accumulate`) and `dwpe`: rows `< T` get the
 /// batch sum of `dx`, rows `T..` (when the buffer holds a whole block) are zeroed.
 pub fn launch_bwd(
+    t: &Target,
     s: &Shape,
     accumulate: bool,
     idx: Buf,
@@ -45,12 +46,22 @@ pub fn launch_bwd(
     dwpe: Buf,
 ) -> Vec<Launch> {
     vec![
-        Launch {
-            shader: "embedding",
-            entry: "bwd_wte",
-            params: params(s, accumulate),
-            bufs: vec![(1, idx), (5, dx), (6, dwte)],
-            groups: grid(s.v * s.c.div_ceil(WTE_COLS)),
+        if t.cpu_like {
+            Launch {
+                shader: "embedding",
+                entry: "bwd_wte_cols",
+                params: params(s, accumulate),
+                bufs: vec![(1, idx), (5, dx), (6, dwte)],
+                groups: grid(s.c.div_ceil(64)),
+            }
+        } else {
+            Launch {
+                shader: "embedding",
+                entry: "bwd_wte",
+                params: params(s, accumulate),
+                bufs: vec![(1, idx), (5, dx), (6, dwte)],
+                groups: grid(s.v * s.c.div_ceil(WTE_COLS)),
+            }
         },
         Launch {
             shader: "embedding",

@@ -1,9 +1,11 @@
 //! LayerNorm over the last dimension with a weight and no bias (eps = 1e-5, biased variance,
 //! as PyTorch). The forward saves `mean` and `rstd = 1 / sqrt(var + eps)` per row so the
 //! backward need not recompute them. The backward is split in two dispatches: `dx` is a
-//! row reduction (one workgroup per row), `dw` a column reduction over all rows.
+//! row reduction (one workgroup per row), `dw` a column reduction over all rows. The forward
+//! can take the residual add in front of it (`x + branch`, stored), saving a pass.
+//! CPU-like adapters get barrier-free versions: one invocation per row (or column).
 
-use crate::kernels::{grid, Launch};
+use crate::kernels::{grid, Launch, Target};
 use crate::runtime::Buf;
 
 const EPS: f64 = 1e-5;
@@ -11,19 +13,50 @@ const EPS: f64 = 1e-5;
 /// Columns per `layernorm_bwd_dw` workgroup (`DW_COLS` in the shader).
 const DW_COLS: u32 = 8;
 
-pub fn launch_fwd(rows: u32, cols: u32, x: Buf, w: Buf, y: Buf, mean: Buf, rstd: Buf) -> Launch {
+/// Rows (or columns) per workgroup of the barrier-free entry points.
+const ROWS_WG: u32 = 64;
+
+/// `y = LayerNorm(x) * w`, saving `mean` and `rstd`. With `residual = Some((branch, sum))`
+/// the input is `x + branch`, which is also stored to `sum`.
+#[allow(clippy::too_many_arguments)]
+pub fn launch_fwd(
+    t: &Target,
+    rows: u32,
+    cols: u32,
+    x: Buf,
+    residual: Option<(Buf, Buf)>,
+    w: Buf,
+    y: Buf,
+    mean: Buf,
+    rstd: Buf,
+) -> Launch {
+    let mut bufs = vec![(1, x), (2, w), (3, y), (4, mean), (5, rstd)];
+    if let Some((branch, sum)) = residual {
+        bufs.extend([(11, branch), (12, sum)]);
+    }
+    let entry = match (residual.is_some(), t.cpu_like) {
+        (false, false) => "layernorm_fwd",
+        (true, false) => "add_layernorm_fwd",
+        (false, true) => "layernorm_fwd_rows",
+        (true, true) => "add_layernorm_fwd_rows",
+    };
     Launch {
         shader: "layernorm",
-        entry: "layernorm_fwd",
+        entry,
         params: vec![rows, cols, 0],
-        bufs: vec![(1, x), (2, w), (3, y), (4, mean), (5, rstd)],
-        groups: grid(rows),
+        bufs,
+        groups: if t.cpu_like {
+            grid(rows.div_ceil(ROWS_WG))
+        } else {
+            grid(rows)
+        },
     }
 }
 
 /// The `dx` launch, then the `dw` launch (which overwrites `dw`).
 #[allow(clippy::too_many_arguments)]
 pub fn launch_bwd(
+    t: &Target,
     rows: u32,
     cols: u32,
     accumulate: bool,
@@ -36,20 +69,35 @@ pub fn launch_bwd(
     dw: Buf,
 ) -> Vec<Launch> {
     let params = vec![rows, cols, accumulate as u32];
+    let (dx_entry, dx_groups, dw_entry, dw_groups) = if t.cpu_like {
+        (
+            "layernorm_bwd_dx_rows",
+            grid(rows.div_ceil(ROWS_WG)),
+            "layernorm_bwd_dw_cols",
+            grid(cols.div_ceil(ROWS_WG)),
+        )
+    } else {
+        (
+            "layernorm_bwd_dx",
+            grid(rows),
+            "layernorm_bwd_dw",
+            grid(cols.div_ceil(DW_COLS)),
+        )
+    };
     vec![
         Launch {
             shader: "layernorm",
-            entry: "layernorm_bwd_dx",
+            entry: dx_entry,
             params: params.clone(),
             bufs: vec![(1, x), (2, w), (6, mean), (7, rstd), (8, dy), (9, dx)],
-            groups: grid(rows),
+            groups: dx_groups,
         },
         Launch {
             shader: "layernorm",
-            entry: "layernorm_bwd_dw",
+            entry: dw_entry,
             params,
             bufs: vec![(1, x), (6, mean), (7, rstd), (8, dy), (10, dw)],
-            groups: grid(cols.div_ceil(DW_COLS)),
+            groups: dw_groups,
         },
     ]
 }
@@ -327,6 +375,7 @@ mod tests {
                         rows: r,
                         cols: c,
                         x: bx,
+                        residual: None,
                         w: bw,
                         y: by,
                         mean: bm,

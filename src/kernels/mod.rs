@@ -32,6 +32,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("gelu", include_str!("../../shaders/gelu.wgsl")),
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
+    ("matmul_sg", include_str!("../../shaders/matmul_sg.wgsl")),
     ("residual", include_str!("../../shaders/residual.wgsl")),
     ("softmax", include_str!("../../shaders/softmax.wgsl")),
     ("threshold", include_str!("../../shaders/threshold.wgsl")),
@@ -73,6 +74,30 @@ pub fn margin_words(margin: Option<f32>) -> [u32; 2] {
     match margin {
         Some(m) => [1, w(m)],
         None => [0, 0],
+    }
+}
+
+/// What kernel choice depends on. Every choice computes the same contract; they differ in
+/// speed, so the runtime sets this from the adapter and checks run every choice.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Target {
+    /// A CPU-like adapter (lavapipe, llvmpipe, WARP, SwiftShader), where a workgroup barrier
+    /// costs microseconds and every non-uniform load is a per-lane gather: prefer kernels that
+    /// give one invocation a whole row and never synchronise.
+    pub cpu_like: bool,
+    /// Subgroup operations are on and subgroups are exactly 8 lanes (for `matmul_sg`).
+    pub subgroup8: bool,
+    /// Matmul variant per shape, measured by `selfish tune`; see [`matmul::Shape::key`].
+    pub tuned: std::collections::BTreeMap<String, &'static str>,
+}
+
+impl Target {
+    /// The matmul variant for one shape.
+    pub fn matmul_variant(&self, s: &matmul::Shape) -> &'static str {
+        if let Some(v) = self.tuned.get(&s.key()) {
+            return v;
+        }
+        matmul::default_variant(self, s)
     }
 }
 
@@ -134,6 +159,8 @@ pub enum Op {
         rows: u32,
         cols: u32,
         x: Buf,
+        /// `(branch, sum)`: normalise `x + branch`, also stored to `sum` (the residual add).
+        residual: Option<(Buf, Buf)>,
         w: Buf,
         y: Buf,
         mean: Buf,
@@ -229,11 +256,24 @@ pub enum Op {
 }
 
 impl Op {
-    /// The GPU dispatches this op records.
-    pub fn launches(&self) -> Vec<Launch> {
+    /// The matmul products this op runs on an adapter described by `t` (for tuning).
+    pub fn matmul_shapes(&self, t: &Target) -> Vec<matmul::Shape> {
+        match *self {
+            Op::Matmul { s, .. } => vec![s],
+            Op::AttentionFwd { ref s, .. } | Op::AttentionBwd { ref s, .. } if t.cpu_like => {
+                attention::products(s)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The GPU dispatches this op records on an adapter described by `t`.
+    pub fn launches(&self, t: &Target) -> Vec<Launch> {
         use Op::*;
         match *self {
-            Matmul { ref s, a, b, c } => vec![matmul::launch(s, a, b, c)],
+            Matmul { ref s, a, b, c } => {
+                vec![matmul::launch_variant(t.matmul_variant(s), s, a, b, c)]
+            }
             MatmulVariant {
                 variant,
                 ref s,
@@ -276,11 +316,14 @@ impl Op {
                 rows,
                 cols,
                 x,
+                residual,
                 w,
                 y,
                 mean,
                 rstd,
-            } => vec![layernorm::launch_fwd(rows, cols, x, w, y, mean, rstd)],
+            } => vec![layernorm::launch_fwd(
+                t, rows, cols, x, residual, w, y, mean, rstd,
+            )],
             LayerNormBwd {
                 rows,
                 cols,
@@ -292,10 +335,10 @@ impl Op {
                 dy,
                 dx,
                 dw,
-            } => layernorm::launch_bwd(rows, cols, accumulate, x, w, mean, rstd, dy, dx, dw),
+            } => layernorm::launch_bwd(t, rows, cols, accumulate, x, w, mean, rstd, dy, dx, dw),
             GeluFwd { n, x, y } => vec![gelu::launch_fwd(n, x, y)],
             GeluBwd { n, x, dy, dx } => vec![gelu::launch_bwd(n, x, dy, dx)],
-            AttentionFwd { ref s, qkv, att, y } => vec![attention::launch_fwd(s, qkv, att, y)],
+            AttentionFwd { ref s, qkv, att, y } => attention::launch_fwd(t, s, qkv, att, y),
             AttentionBwd {
                 ref s,
                 qkv,
@@ -303,7 +346,7 @@ impl Op {
                 dy,
                 datt,
                 dqkv,
-            } => attention::launch_bwd(s, qkv, att, dy, datt, dqkv),
+            } => attention::launch_bwd(t, s, qkv, att, dy, datt, dqkv),
             EmbeddingFwd {
                 ref s,
                 idx,
@@ -318,7 +361,7 @@ impl Op {
                 dx,
                 dwte,
                 dwpe,
-            } => embedding::launch_bwd(s, accumulate, idx, dx, dwte, dwpe),
+            } => embedding::launch_bwd(t, s, accumulate, idx, dx, dwte, dwpe),
             Add { n, a, b, out } => vec![residual::launch_add(n, a, b, out)],
             AddInPlace { n, acc, a } => vec![residual::launch_add_in_place(n, acc, a)],
             SumSquares {
@@ -327,7 +370,7 @@ impl Op {
                 g,
                 partials,
             } => {
-                vec![adamw::launch_sum_squares(n, slot, g, partials)]
+                vec![adamw::launch_sum_squares(t, n, slot, g, partials)]
             }
             GradNorm {
                 count,
@@ -419,13 +462,32 @@ impl Op {
                 rows,
                 cols,
                 x,
+                residual,
                 w,
                 y,
                 mean,
                 rstd,
             } => {
+                let input = match residual {
+                    Some((branch, sum)) => {
+                        let mut so = mem.take(sum);
+                        let n = rows * cols;
+                        residual::cpu_add(n, mem.f(x), mem.f(branch), &mut so);
+                        mem.put(sum, so);
+                        sum
+                    }
+                    None => x,
+                };
                 let (mut yo, mut mo, mut ro) = (mem.take(y), mem.take(mean), mem.take(rstd));
-                layernorm::cpu_fwd(rows, cols, mem.f(x), mem.f(w), &mut yo, &mut mo, &mut ro);
+                layernorm::cpu_fwd(
+                    rows,
+                    cols,
+                    mem.f(input),
+                    mem.f(w),
+                    &mut yo,
+                    &mut mo,
+                    &mut ro,
+                );
                 mem.put(y, yo);
                 mem.put(mean, mo);
                 mem.put(rstd, ro);
