@@ -11,6 +11,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod metrics;
 pub mod model;
+pub mod plot;
 pub mod rng;
 pub mod runtime;
 pub mod train;

@@ -1,0 +1,186 @@
+//! `selfish experiment`: the *Stop Jostling* comparison. Runs that differ only in the loss
+//! (same seed, so the same initial weights and the same batches), each trained, evaluated and
+//! analysed, then one report.
+//!
+//! Layout of the output folder:
+//!   runs/<name>/   model.safetensors, state.safetensors, metrics.jsonl, roles.jsonl,
+//!                  groups.json, eval.json (written last: its presence means "finished")
+//!   report.md, results.json, plots/*.svg|png
+//! A finished run is not trained again; an interrupted one resumes from its checkpoint.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::isotropy;
+use crate::data::Dataset;
+use crate::loss::Loss;
+use crate::metrics::LangMetrics;
+use crate::runtime::Backend;
+use crate::train::{self, TrainConfig};
+
+/// Everything about one run that the report needs, as stored in `eval.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunEval {
+    pub name: String,
+    pub loss: String,
+    pub steps: u64,
+    /// The run's training configuration as JSON: a finished run is reused only if it matches.
+    pub config: serde_json::Value,
+    /// Per language: metrics and (temperature, perplexity) over the sweep.
+    pub languages: Vec<LangEval>,
+    /// Isotropy of each alphabet's rows of the tied embedding.
+    pub isotropy: Vec<(String, f64)>,
+    pub train_seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LangEval {
+    pub language: String,
+    pub metrics: LangMetrics,
+    pub ppl_by_temperature: Vec<(f64, f64)>,
+}
+
+/// A folder-safe run name: `plain`, `margin-1`, `hard-8+counterpart`, ...
+pub fn run_name(loss: &Loss) -> String {
+    loss.to_string().replace(':', "-")
+}
+
+/// The default comparison: plain cross-entropy and the paper's margins.
+pub fn default_losses(margins: &[f32]) -> Vec<Loss> {
+    let mut v = vec![Loss::PLAIN];
+    v.extend(margins.iter().map(|&m| Loss {
+        margin: Some(m),
+        ..Loss::PLAIN
+    }));
+    v
+}
+
+pub fn run_dir(out: &Path, loss: &Loss) -> PathBuf {
+    out.join("runs").join(run_name(loss))
+}
+
+fn config_json(cfg: &TrainConfig) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(cfg)?;
+    // Where training stops is not part of what the run is.
+    if let Some(o) = v.as_object_mut() {
+        o.remove("stop_after");
+    }
+    Ok(v)
+}
+
+/// The finished evaluation of a run, if `eval.json` exists and matches `cfg`.
+pub fn finished(dir: &Path, cfg: &TrainConfig) -> Result<Option<RunEval>> {
+    let path = dir.join("eval.json");
+    let Ok(text) = fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let ev: RunEval = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "'{}' is damaged: delete it to evaluate the run again",
+            path.display()
+        )
+    })?;
+    Ok((ev.config == config_json(cfg)?).then_some(ev))
+}
+
+/// Trains (or resumes) and evaluates one run, unless it already finished.
+pub fn run_one(
+    be: &mut dyn Backend,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    out: &Path,
+    progress: bool,
+) -> Result<RunEval> {
+    let dir = run_dir(out, &cfg.loss);
+    if let Some(done) = finished(&dir, cfg)? {
+        eprintln!("{}: finished earlier, not trained again", done.name);
+        return Ok(done);
+    }
+    if train::model_path(&dir).exists() && !train::state_path(&dir).exists() {
+        bail!(
+            "run folder '{}' has a model but no training state: delete the folder to train the run again",
+            dir.display()
+        );
+    }
+    let resume = train::state_path(&dir).exists();
+    eprintln!(
+        "{}: {} ({} steps)",
+        run_name(&cfg.loss),
+        if resume { "resuming" } else { "training" },
+        cfg.steps
+    );
+    let t0 = std::time::Instant::now();
+    train::train(be, data, cfg, &dir, resume, progress)?;
+    let train_seconds = t0.elapsed().as_secs_f64();
+
+    let (model, vocab) = train::load_for_inference(be, &train::model_path(&dir), cfg.batch_size)?;
+    let mut languages = Vec::new();
+    for (name, tokens) in train::languages(data, model.cfg.vocab_size) {
+        let (metrics, curve) = train::evaluate_language_sweep(&model, be, &tokens)?;
+        languages.push(LangEval {
+            language: name,
+            metrics,
+            ppl_by_temperature: curve,
+        });
+    }
+    let wte = be.read_f32(model.params[0])?;
+    let (v, c) = (vocab.len(), model.cfg.n_embd);
+    let mut iso = vec![("base".to_string(), isotropy(&wte[..v * c], v, c))];
+    if model.cfg.vocab_size == 2 * v {
+        iso.push(("shifted".to_string(), isotropy(&wte[v * c..], v, c)));
+    }
+    let ev = RunEval {
+        name: run_name(&cfg.loss),
+        loss: cfg.loss.to_string(),
+        steps: cfg.steps,
+        config: config_json(cfg)?,
+        languages,
+        isotropy: iso,
+        train_seconds,
+    };
+    let tmp = dir.join("eval.json.tmp");
+    fs::write(&tmp, serde_json::to_string_pretty(&ev)?)
+        .and_then(|_| fs::rename(&tmp, dir.join("eval.json")))
+        .with_context(|| format!("cannot write eval.json in '{}'", dir.display()))?;
+    Ok(ev)
+}
+
+/// Runs every loss in `losses` on `base` (which fixes everything else), then writes the
+/// report. Returns the evaluations in run order.
+pub fn run(
+    be: &mut dyn Backend,
+    data: &Dataset,
+    base: &TrainConfig,
+    losses: &[Loss],
+    out: &Path,
+    command: &str,
+    progress: bool,
+) -> Result<Vec<RunEval>> {
+    if losses.is_empty() {
+        bail!("no runs to make: give at least one loss");
+    }
+    let mut names: Vec<String> = losses.iter().map(run_name).collect();
+    names.sort();
+    names.dedup();
+    if names.len() != losses.len() {
+        bail!("the same loss is listed twice: list each loss once");
+    }
+    for l in losses {
+        l.check_data(data, base.model.vocab_size)?;
+    }
+    fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output folder '{}'", out.display()))?;
+    let mut evals = Vec::new();
+    for loss in losses {
+        let cfg = TrainConfig {
+            loss: *loss,
+            ..base.clone()
+        };
+        evals.push(run_one(be, data, &cfg, out, progress)?);
+    }
+    crate::report::write(out, &evals, base, command, &be.name())?;
+    Ok(evals)
+}
