@@ -2,8 +2,14 @@
 //!
 //! Plain setup in the spirit of wgpu's `hello_compute`: one adapter, one device, one queue.
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
+
+/// The fix for a failed GPU operation, appended to its message.
+pub const RETRY: &str = "the GPU or its driver failed; rerun the command, and if it fails \
+     again update the driver or pick another --backend (or --backend cpu)";
 
 /// Backends a user can name on the command line.
 pub const BACKEND_NAMES: &str = "vulkan, metal, dx12, gl";
@@ -49,6 +55,15 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub timestamps: bool,
+    /// The device loss and the first uncaptured GPU error, reported by [`Gpu::check`]. wgpu's
+    /// own default would panic from inside the driver callback instead.
+    fault: Arc<Mutex<Fault>>,
+}
+
+#[derive(Default)]
+struct Fault {
+    lost: Option<String>,
+    error: Option<String>,
 }
 
 impl Gpu {
@@ -112,10 +127,24 @@ impl Gpu {
             ..Default::default()
         }))
         .with_context(|| format!("could not open a device on adapter '{}'", info.name))?;
-        device.set_device_lost_callback(|reason, msg| {
-            if !matches!(reason, wgpu::DeviceLostReason::Destroyed) {
-                eprintln!("error: the GPU device was lost ({reason:?}: {msg}); the last checkpoint is kept, resume with --resume");
-            }
+        let fault: Arc<Mutex<Fault>> = Arc::default();
+        let slot = fault.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut f = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let words: Vec<String> = e.to_string().split_whitespace().map(String::from).collect();
+            f.error
+                .get_or_insert(format!("GPU error: {}", words.join(" ")));
+        }));
+        let slot = fault.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            let mut f = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let why = if msg.is_empty() {
+                format!("{reason:?}")
+            } else {
+                format!("{reason:?}: {msg}")
+            };
+            f.lost
+                .get_or_insert(format!("the GPU device was lost ({why})"));
         });
         Ok(Gpu {
             device,
@@ -123,7 +152,19 @@ impl Gpu {
             info,
             limits,
             timestamps,
+            fault,
         })
+    }
+
+    /// Fails once the device is lost or an operation failed outside an error scope; every
+    /// later operation fails the same way.
+    pub fn check(&self) -> Result<()> {
+        let f = self.fault.lock().unwrap_or_else(|p| p.into_inner());
+        // A loss explains every error after it, so it is named first.
+        match f.lost.as_deref().or(f.error.as_deref()) {
+            Some(what) => bail!("{what}: {RETRY}"),
+            None => Ok(()),
+        }
     }
 
     /// One line naming the adapter, for logs and reports.

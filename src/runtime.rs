@@ -43,6 +43,26 @@ pub trait Backend {
     fn run(&mut self, seqs: &[Seq]) -> Result<()>;
     /// Waits for queued work (a no-op on the CPU).
     fn finish(&mut self) -> Result<()>;
+    /// The largest single buffer in bytes, and the limit that sets it; `None`: no such limit.
+    fn max_buffer_bytes(&self) -> Option<(u64, String)> {
+        None
+    }
+    /// Bytes all buffers together may take, and where that figure comes from; `None`: unknown.
+    fn memory_budget(&self) -> Option<(u64, String)> {
+        None
+    }
+}
+
+/// Host memory available to a new allocation (Linux `MemAvailable`), so a model too big for
+/// the machine is refused with a message instead of being killed by the OOM killer.
+pub fn available_memory() -> Option<(u64, String)> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        kib.saturating_mul(1024),
+        "MemAvailable in /proc/meminfo".into(),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -140,6 +160,9 @@ impl Backend for CpuBackend {
     }
     fn finish(&mut self) -> Result<()> {
         Ok(())
+    }
+    fn memory_budget(&self) -> Option<(u64, String)> {
+        available_memory()
     }
 }
 
@@ -317,7 +340,7 @@ impl Backend for GpuBackend {
         self.gpu.describe()
     }
     fn alloc(&mut self, label: &str, len: usize, dtype: Dtype) -> Result<Buf> {
-        let bytes = (len.max(1) * 4) as u64;
+        let bytes = (len.max(1) as u64).saturating_mul(4);
         let l = &self.gpu.limits;
         if bytes > l.max_storage_buffer_binding_size || bytes > l.max_buffer_size {
             bail!(
@@ -327,6 +350,10 @@ impl Backend for GpuBackend {
                 l.max_buffer_size
             );
         }
+        let scope = self
+            .gpu
+            .device
+            .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buffer = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,
@@ -335,8 +362,37 @@ impl Backend for GpuBackend {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            let held: u64 = self.bufs.iter().map(|b| b.0.size()).sum();
+            bail!(
+                "the GPU ran out of memory for buffer '{label}' ({bytes} bytes, with {held} bytes \
+                 already allocated): {e}: lower --batch-size, --block-size or --n-embd"
+            );
+        }
+        self.gpu.check()?;
         self.bufs.push((buffer, len, dtype));
         Ok(Buf(self.bufs.len() - 1))
+    }
+    fn max_buffer_bytes(&self) -> Option<(u64, String)> {
+        let l = &self.gpu.limits;
+        let (cap, name) = if l.max_storage_buffer_binding_size <= l.max_buffer_size {
+            (
+                l.max_storage_buffer_binding_size,
+                "max_storage_buffer_binding_size",
+            )
+        } else {
+            (l.max_buffer_size, "max_buffer_size")
+        };
+        Some((cap, format!("its limit {name}")))
+    }
+    fn memory_budget(&self) -> Option<(u64, String)> {
+        // A software adapter (lavapipe, llvmpipe, WARP) keeps its buffers in host memory.
+        if self.gpu.info.device_type == wgpu::DeviceType::Cpu {
+            available_memory()
+                .map(|(b, s)| (b, format!("{s}; this software adapter uses host memory")))
+        } else {
+            None
+        }
     }
     fn len(&self, b: Buf) -> usize {
         self.bufs[b.0].1
@@ -375,11 +431,14 @@ impl Backend for GpuBackend {
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
-        device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| anyhow!("GPU wait failed: {e}"))?;
-        rx.recv()?
-            .map_err(|e| anyhow!("reading a GPU buffer failed: {e}"))?;
+        let polled = device.poll(wgpu::PollType::wait_indefinitely());
+        self.gpu.check()?;
+        polled.map_err(|e| anyhow!("GPU wait failed: {e}: {}", crate::gpu::RETRY))?;
+        let mapped = rx
+            .recv()
+            .map_err(|_| anyhow!("a GPU readback never completed: {}", crate::gpu::RETRY))?;
+        self.gpu.check()?;
+        mapped.map_err(|e| anyhow!("reading a GPU buffer failed: {e}: {}", crate::gpu::RETRY))?;
         let out = {
             let view = staging
                 .get_mapped_range(..)
@@ -413,13 +472,12 @@ impl Backend for GpuBackend {
             }
         }
         self.gpu.queue.submit([enc.finish()]);
-        Ok(())
+        self.gpu.check()
     }
     fn finish(&mut self) -> Result<()> {
-        self.gpu
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| anyhow!("GPU wait failed: {e}"))?;
+        let polled = self.gpu.device.poll(wgpu::PollType::wait_indefinitely());
+        self.gpu.check()?;
+        polled.map_err(|e| anyhow!("GPU wait failed: {e}: {}", crate::gpu::RETRY))?;
         Ok(())
     }
 }
