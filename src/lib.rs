@@ -1,6 +1,7 @@
 //! selfish: character-level GPT training on any GPU through WebGPU, with the threshold
 //! ("selfish token") cross-entropy of the *Stop Jostling* paper.
 
+pub mod args;
 pub mod check;
 pub mod checkpoint;
 pub mod data;
