@@ -13,6 +13,8 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Result};
 use safetensors::{Dtype, SafeTensors};
 
+use crate::model::GptConfig;
+
 /// Element storage. Little-endian on disk; native here.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TensorData {
@@ -80,7 +82,8 @@ impl TensorFile {
         Self::default()
     }
 
-    fn label(&self) -> &str {
+    /// The quoted path, for messages.
+    pub fn label(&self) -> &str {
         if self.source.is_empty() {
             "<in memory>"
         } else {
@@ -166,6 +169,65 @@ impl TensorFile {
                 self.label()
             )
         })
+    }
+
+    /// The model configuration in the metadata, checked against the embedding tables and the
+    /// layers actually present before anything is sized from it: a damaged or hand-edited
+    /// number must not allocate, and must not be blamed on the wrong tensor.
+    pub fn gpt_config(&self) -> Result<GptConfig> {
+        let cfg = GptConfig {
+            vocab_size: self.meta_usize("vocab_size")?,
+            block_size: self.meta_usize("block_size")?,
+            n_layer: self.meta_usize("n_layer")?,
+            n_head: self.meta_usize("n_head")?,
+            n_embd: self.meta_usize("n_embd")?,
+        };
+        let fix = "the metadata disagrees with the tensors; re-export the file or use another one";
+        cfg.validate().map_err(|e| {
+            // The reason without its fix, which speaks of command-line flags.
+            let why = e.to_string();
+            let why = why.rsplit_once(": ").map_or(why.as_str(), |(w, _)| w);
+            anyhow!(
+                "checkpoint {} has invalid metadata ({why}): the file is damaged or not from selfish; use another one",
+                self.label()
+            )
+        })?;
+        let (wte, _) = self.get_f32("transformer.wte.weight")?;
+        if wte != [cfg.vocab_size, cfg.n_embd] {
+            bail!(
+                "checkpoint {}: metadata says vocab_size {} and n_embd {}, but 'transformer.wte.weight' has \
+                 shape {wte:?}: {fix}",
+                self.label(),
+                cfg.vocab_size,
+                cfg.n_embd
+            );
+        }
+        let (wpe, _) = self.get_f32("transformer.wpe.weight")?;
+        if wpe != [cfg.block_size, cfg.n_embd] {
+            bail!(
+                "checkpoint {}: metadata says block_size {} and n_embd {}, but the position table \
+                 'transformer.wpe.weight' has shape {wpe:?}: {fix}",
+                self.label(),
+                cfg.block_size,
+                cfg.n_embd
+            );
+        }
+        let layers = self
+            .tensors
+            .iter()
+            .filter_map(|t| t.name.strip_prefix("transformer.h."))
+            .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+            .map(|i| i.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        if layers != cfg.n_layer {
+            bail!(
+                "checkpoint {}: metadata says n_layer {}, but the file holds {layers} layer(s): {fix}",
+                self.label(),
+                cfg.n_layer
+            );
+        }
+        Ok(cfg)
     }
 
     pub fn meta_f64(&self, key: &str) -> Result<f64> {

@@ -34,6 +34,10 @@ pub fn load_text(path: &Path) -> Result<String> {
     if meta.is_dir() {
         bail!("data file '{shown}' is a directory: pass a text file to --data");
     }
+    // A FIFO with no writer would block the read forever; devices and sockets are no corpus.
+    if !meta.is_file() {
+        bail!("data file '{shown}' is not a regular file (a pipe, socket or device): save the text to a file and pass that to --data");
+    }
     let bytes = fs::read(path)
         .map_err(|e| anyhow!("cannot read data file '{shown}': {e}: check its permissions"))?;
     if bytes.is_empty() {

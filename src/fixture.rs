@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::check::Row;
 use crate::checkpoint::{self, TensorFile};
@@ -67,15 +67,7 @@ impl Fixture {
         }
         let init = checkpoint::load(&dir.join("init.safetensors"))?;
         let expected = checkpoint::load(&dir.join("expected.safetensors"))?;
-        let cfg = GptConfig {
-            vocab_size: init.meta_usize("vocab_size")?,
-            block_size: init.meta_usize("block_size")?,
-            n_layer: init.meta_usize("n_layer")?,
-            n_head: init.meta_usize("n_head")?,
-            n_embd: init.meta_usize("n_embd")?,
-        };
-        cfg.validate()
-            .with_context(|| format!("fixture '{}' metadata", dir.display()))?;
+        let cfg = init.gpt_config()?;
         let opt = OptConfig {
             beta1: meta_f32(&init, "beta1")?,
             beta2: meta_f32(&init, "beta2")?,
@@ -106,7 +98,7 @@ impl Fixture {
                 .map(|&i| {
                     if i < 0 || i as usize >= cfg.vocab_size {
                         bail!(
-                            "fixture {name} holds id {i}, outside vocab_size {}",
+                            "fixture {name} holds id {i}, outside vocab_size {}: regenerate the fixture",
                             cfg.vocab_size
                         )
                     }

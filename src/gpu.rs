@@ -2,10 +2,16 @@
 //!
 //! Plain setup in the spirit of wgpu's `hello_compute`: one adapter, one device, one queue.
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
 
 use crate::kernels::Target;
+
+/// The fix for a failed GPU operation, appended to its message.
+pub const RETRY: &str = "the GPU or its driver failed; rerun the command, and if it fails \
+     again update the driver or pick another --backend (or --backend cpu)";
 
 /// Backends a user can name on the command line.
 pub const BACKEND_NAMES: &str = "vulkan, metal, dx12, gl";
@@ -53,6 +59,15 @@ pub struct Gpu {
     pub timestamps: bool,
     /// Subgroup operations are enabled (kernels that need them are picked only then).
     pub subgroups: bool,
+    /// The device loss and the first uncaptured GPU error, reported by [`Gpu::check`]. wgpu's
+    /// own default would panic from inside the driver callback instead.
+    fault: Arc<Mutex<Fault>>,
+}
+
+#[derive(Default)]
+struct Fault {
+    lost: Option<String>,
+    error: Option<String>,
 }
 
 impl Gpu {
@@ -120,10 +135,24 @@ impl Gpu {
             ..Default::default()
         }))
         .with_context(|| format!("could not open a device on adapter '{}'", info.name))?;
-        device.set_device_lost_callback(|reason, msg| {
-            if !matches!(reason, wgpu::DeviceLostReason::Destroyed) {
-                eprintln!("error: the GPU device was lost ({reason:?}: {msg}); the last checkpoint is kept, resume with --resume");
-            }
+        let fault: Arc<Mutex<Fault>> = Arc::default();
+        let slot = fault.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut f = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let words: Vec<String> = e.to_string().split_whitespace().map(String::from).collect();
+            f.error
+                .get_or_insert(format!("GPU error: {}", words.join(" ")));
+        }));
+        let slot = fault.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            let mut f = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let why = if msg.is_empty() {
+                format!("{reason:?}")
+            } else {
+                format!("{reason:?}: {msg}")
+            };
+            f.lost
+                .get_or_insert(format!("the GPU device was lost ({why})"));
         });
         Ok(Gpu {
             device,
@@ -132,6 +161,7 @@ impl Gpu {
             limits,
             timestamps,
             subgroups,
+            fault,
         })
     }
 
@@ -149,6 +179,17 @@ impl Gpu {
                 && self.info.subgroup_min_size == 8
                 && self.info.subgroup_max_size == 8,
             tuned: Default::default(),
+        }
+    }
+
+    /// Fails once the device is lost or an operation failed outside an error scope; every
+    /// later operation fails the same way.
+    pub fn check(&self) -> Result<()> {
+        let f = self.fault.lock().unwrap_or_else(|p| p.into_inner());
+        // A loss explains every error after it, so it is named first.
+        match f.lost.as_deref().or(f.error.as_deref()) {
+            Some(what) => bail!("{what}: {RETRY}"),
+            None => Ok(()),
         }
     }
 

@@ -2,6 +2,7 @@
 //! ("selfish token") cross-entropy of the *Stop Jostling* paper.
 
 pub mod analysis;
+pub mod args;
 pub mod bench;
 pub mod check;
 pub mod checkpoint;

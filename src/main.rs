@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
+use selfish::args;
 use selfish::bench;
 use selfish::check;
 use selfish::data::{self, Dataset};
@@ -74,9 +75,6 @@ fn eval(
     batch: usize,
     backend: Option<&str>,
 ) -> Result<ExitCode> {
-    if batch == 0 {
-        bail!("--batch-size must be at least 1");
-    }
     let mut be = open_backend(backend)?;
     let (model, vocab) = train::load_for_inference(be.as_mut(), checkpoint, batch)?;
     let path = match data {
@@ -145,21 +143,25 @@ struct ModelArgs {
     /// paper (4 layers, 4 heads, width 128, block 64, batch 12) or large (6, 6, 384, 256, 64).
     #[arg(long, default_value = "paper")]
     config: String,
-    #[arg(long)]
+    #[arg(long, value_parser = args::count)]
     n_layer: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = args::count)]
     n_head: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = args::count)]
     n_embd: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = args::count)]
     block_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = args::count)]
     batch_size: Option<usize>,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Train the character-level GPT (plain or threshold cross-entropy).
+    ///
+    /// Ctrl-C (or SIGTERM) finishes the current step, saves a checkpoint and exits with code
+    /// 130; `--resume` continues from it exactly. Press Ctrl-C twice to quit without saving.
+    #[command(allow_negative_numbers = true)]
     Train {
         #[command(flatten)]
         model: ModelArgs,
@@ -169,13 +171,13 @@ enum Cmd {
         /// Threshold margin (a number >= 0), or `off` for plain cross-entropy.
         #[arg(long, default_value = "off", allow_hyphen_values = true)]
         margin: String,
-        #[arg(long, default_value_t = 8000)]
+        #[arg(long, default_value_t = 8000, value_parser = args::steps)]
         steps: u64,
         #[arg(long, default_value_t = 1e-3)]
         lr: f32,
         #[arg(long, default_value_t = 1e-4)]
         min_lr: f32,
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = args::steps)]
         warmup: u64,
         /// Share of training sequences written in the shifted (low-resource) alphabet; 0 for one language.
         #[arg(long, default_value_t = 0.02)]
@@ -183,27 +185,30 @@ enum Cmd {
         #[arg(long, default_value_t = 1337)]
         seed: u64,
         /// Steps between validation losses and checkpoints (0: only at the end).
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 500, value_parser = args::steps)]
         eval_interval: u64,
         /// Validation batches per language at each eval.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = args::count)]
         eval_batches: usize,
-        #[arg(long, default_value_t = 50)]
+        /// Steps between logged (and NaN-checked) training losses.
+        #[arg(long, default_value_t = 50, value_parser = args::steps)]
         log_interval: u64,
         /// Output folder for model.safetensors, state.safetensors and metrics.jsonl.
         #[arg(long, default_value = "runs/default")]
         out: PathBuf,
-        /// Continue from the checkpoint in --out.
+        /// Continue exactly from the checkpoint in --out (same settings and --data); an error
+        /// if --out holds none. Without it, --out must not hold a checkpoint yet.
         #[arg(long)]
         resume: bool,
         /// Stop with a checkpoint after this step (the schedule still spans --steps); --resume later.
-        #[arg(long)]
+        #[arg(long, value_parser = args::steps)]
         stop_after: Option<u64>,
         /// vulkan, metal, dx12, gl, or cpu (the CPU twins).
         #[arg(long)]
         backend: Option<String>,
     },
     /// Per-language loss, perplexity (with a temperature sweep), accuracy, recall@5 and MRR.
+    #[command(allow_negative_numbers = true)]
     Eval {
         #[arg(long)]
         checkpoint: PathBuf,
@@ -211,12 +216,13 @@ enum Cmd {
         data: Option<PathBuf>,
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value_t = 12)]
+        #[arg(long, default_value_t = 12, value_parser = args::count)]
         batch_size: usize,
         #[arg(long)]
         backend: Option<String>,
     },
     /// Generate text from a checkpoint.
+    #[command(allow_negative_numbers = true)]
     Sample {
         #[arg(long)]
         checkpoint: PathBuf,
@@ -308,7 +314,20 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help, version, and a bare `selfish`: clap's own output is what the user asked for.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("error: {}", args::clap_error_line(&e));
+            return ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -348,12 +367,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let dataset = load_dataset(data.as_deref(), low_resource_prob)?;
             let (cfg, batch_size) = model_config(&model, dataset.model_vocab())?;
-            if !(lr > 0.0 && lr.is_finite() && min_lr >= 0.0 && min_lr.is_finite()) {
-                bail!("learning rate must be > 0 (got --lr {lr}, --min-lr {min_lr}): pass positive values");
-            }
-            if steps == 0 {
-                bail!("--steps must be at least 1");
-            }
             let tc = TrainConfig {
                 model: cfg,
                 batch_size,
@@ -369,7 +382,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 log_interval,
                 stop_after,
             };
+            train::preflight(&dataset, &tc, &out, resume)?;
             let mut be = open_backend(backend.as_deref())?;
+            catch_ctrl_c();
             eprintln!(
                 "training on {}: {} parameters, {} steps, loss {}",
                 be.name(),
@@ -380,11 +395,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ))
             );
             let s = train::train(be.as_mut(), &dataset, &tc, &out, resume, true)?;
-            println!(
-                "final training loss {:.4}; checkpoint {}",
-                s.final_loss,
-                train::model_path(&out).display()
-            );
+            if s.interrupted && s.step == 0 {
+                eprintln!("interrupted before the first step: nothing was saved");
+                return Ok(ExitCode::from(130));
+            }
+            if s.interrupted {
+                eprintln!(
+                    "interrupted: checkpoint of step {} of {steps} saved in '{}'; continue with the same command plus --resume",
+                    s.step,
+                    out.display()
+                );
+                return Ok(ExitCode::from(130));
+            }
+            if s.losses.is_empty() {
+                println!(
+                    "nothing to train: the checkpoint in '{}' is at step {}",
+                    out.display(),
+                    s.step
+                );
+            } else {
+                println!(
+                    "final training loss {:.4}; checkpoint {}",
+                    s.final_loss,
+                    train::model_path(&out).display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Eval {
@@ -520,6 +555,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Some(dir) => check_fixture(backend.as_deref(), json, &dir),
             None => check_kernels(backend.as_deref(), json, seed, op.as_deref()),
         },
+    }
+}
+
+/// First Ctrl-C (or SIGTERM): let `train` save a checkpoint after its current step. Second:
+/// quit at once; checkpoints are written atomically, so the last one stays whole.
+fn catch_ctrl_c() {
+    let handler = || {
+        if train::stop_requested() {
+            eprintln!("\ninterrupted again: quitting without saving; the last checkpoint in --out is intact");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\nstopping after this step to save a checkpoint (Ctrl-C again quits without saving)"
+        );
+        train::request_stop();
+    };
+    if let Err(e) = ctrlc::set_handler(handler) {
+        eprintln!("warning: Ctrl-C will not save a checkpoint ({e})");
     }
 }
 

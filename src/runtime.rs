@@ -49,13 +49,35 @@ pub trait Backend {
     fn mark(&self) -> Mark;
     /// Frees every buffer and sequence made after `m`; their handles become invalid.
     fn release(&mut self, m: Mark);
+    /// The largest single buffer in bytes, and the limit that sets it; `None`: no such limit.
+    fn max_buffer_bytes(&self) -> Option<(u64, String)> {
+        None
+    }
+    /// Bytes all buffers together may take, and where that figure comes from; `None`: unknown.
+    fn memory_budget(&self) -> Option<(u64, String)> {
+        None
+    }
 }
+
 
 /// Counts of buffers and sequences at some moment; see [`Backend::mark`].
 #[derive(Clone, Copy, Debug)]
 pub struct Mark {
-    bufs: usize,
-    seqs: usize,
+    pub bufs: usize,
+    pub seqs: usize,
+}
+
+
+/// Host memory available to a new allocation (Linux `MemAvailable`), so a model too big for
+/// the machine is refused with a message instead of being killed by the OOM killer.
+pub fn available_memory() -> Option<(u64, String)> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        kib.saturating_mul(1024),
+        "MemAvailable in /proc/meminfo".into(),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -170,6 +192,9 @@ impl Backend for CpuBackend {
         self.mem.u.truncate(m.bufs);
         self.mem.dtype.truncate(m.bufs);
         self.seqs.truncate(m.seqs);
+    }
+    fn memory_budget(&self) -> Option<(u64, String)> {
+        available_memory()
     }
 }
 
@@ -420,7 +445,7 @@ impl GpuBackend {
             enc.resolve_query_set(&set, 0..n, &resolve, 0);
             enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, bytes);
             self.gpu.queue.submit([enc.finish()]);
-            let ticks: Vec<u64> = map_read(device, &staging)?;
+            let ticks: Vec<u64> = map_read(&self.gpu, &staging)?;
             let period = self.gpu.queue.get_timestamp_period() as f64 * 1e-9;
             for (q, &(s, i)) in chunk.iter().enumerate() {
                 let dt = ticks[2 * q + 1].saturating_sub(ticks[2 * q]) as f64 * period;
@@ -431,17 +456,21 @@ impl GpuBackend {
     }
 }
 
-/// Waits for the queue, then copies a `MAP_READ` buffer out.
-fn map_read<T: bytemuck::Pod>(device: &wgpu::Device, staging: &wgpu::Buffer) -> Result<Vec<T>> {
+/// Waits for the queue, then copies a `MAP_READ` buffer out; a lost device or failed
+/// operation becomes a one-line error.
+fn map_read<T: bytemuck::Pod>(gpu: &Gpu, staging: &wgpu::Buffer) -> Result<Vec<T>> {
     let (tx, rx) = std::sync::mpsc::channel();
     staging.map_async(wgpu::MapMode::Read, .., move |r| {
         let _ = tx.send(r);
     });
-    device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| anyhow!("GPU wait failed: {e}"))?;
-    rx.recv()?
-        .map_err(|e| anyhow!("reading a GPU buffer failed: {e}"))?;
+    let polled = gpu.device.poll(wgpu::PollType::wait_indefinitely());
+    gpu.check()?;
+    polled.map_err(|e| anyhow!("GPU wait failed: {e}: {}", crate::gpu::RETRY))?;
+    let mapped = rx
+        .recv()
+        .map_err(|_| anyhow!("a GPU readback never completed: {}", crate::gpu::RETRY))?;
+    gpu.check()?;
+    mapped.map_err(|e| anyhow!("reading a GPU buffer failed: {e}: {}", crate::gpu::RETRY))?;
     let out = {
         let view = staging
             .get_mapped_range(..)
@@ -457,7 +486,7 @@ impl Backend for GpuBackend {
         self.gpu.describe()
     }
     fn alloc(&mut self, label: &str, len: usize, dtype: Dtype) -> Result<Buf> {
-        let bytes = (len.max(1) * 4) as u64;
+        let bytes = (len.max(1) as u64).saturating_mul(4);
         let l = &self.gpu.limits;
         if bytes > l.max_storage_buffer_binding_size || bytes > l.max_buffer_size {
             bail!(
@@ -467,6 +496,10 @@ impl Backend for GpuBackend {
                 l.max_buffer_size
             );
         }
+        let scope = self
+            .gpu
+            .device
+            .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buffer = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,
@@ -475,8 +508,37 @@ impl Backend for GpuBackend {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            let held: u64 = self.bufs.iter().map(|b| b.0.size()).sum();
+            bail!(
+                "the GPU ran out of memory for buffer '{label}' ({bytes} bytes, with {held} bytes \
+                 already allocated): {e}: lower --batch-size, --block-size or --n-embd"
+            );
+        }
+        self.gpu.check()?;
         self.bufs.push((buffer, len, dtype));
         Ok(Buf(self.bufs.len() - 1))
+    }
+    fn max_buffer_bytes(&self) -> Option<(u64, String)> {
+        let l = &self.gpu.limits;
+        let (cap, name) = if l.max_storage_buffer_binding_size <= l.max_buffer_size {
+            (
+                l.max_storage_buffer_binding_size,
+                "max_storage_buffer_binding_size",
+            )
+        } else {
+            (l.max_buffer_size, "max_buffer_size")
+        };
+        Some((cap, format!("its limit {name}")))
+    }
+    fn memory_budget(&self) -> Option<(u64, String)> {
+        // A software adapter (lavapipe, llvmpipe, WARP) keeps its buffers in host memory.
+        if self.gpu.info.device_type == wgpu::DeviceType::Cpu {
+            available_memory()
+                .map(|(b, s)| (b, format!("{s}; this software adapter uses host memory")))
+        } else {
+            None
+        }
     }
     fn len(&self, b: Buf) -> usize {
         self.bufs[b.0].1
@@ -511,7 +573,7 @@ impl Backend for GpuBackend {
         let mut enc = device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
         self.gpu.queue.submit([enc.finish()]);
-        let out = map_read(device, &staging)?;
+        let out = map_read(&self.gpu, &staging)?;
         Ok(out)
     }
     fn compile(&mut self, ops: &[Op]) -> Result<Seq> {
@@ -541,13 +603,12 @@ impl Backend for GpuBackend {
             }
         }
         self.gpu.queue.submit([enc.finish()]);
-        Ok(())
+        self.gpu.check()
     }
     fn finish(&mut self) -> Result<()> {
-        self.gpu
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| anyhow!("GPU wait failed: {e}"))?;
+        let polled = self.gpu.device.poll(wgpu::PollType::wait_indefinitely());
+        self.gpu.check()?;
+        polled.map_err(|e| anyhow!("GPU wait failed: {e}: {}", crate::gpu::RETRY))?;
         Ok(())
     }
     fn allocated_bytes(&self) -> u64 {

@@ -1,17 +1,24 @@
 //! Training, checkpoints, evaluation and sampling on any backend.
+//!
+//! A checkpoint is two files written atomically, `state.safetensors` first: the state holds
+//! everything a resume needs (parameters, AdamW moments, step, data RNG, settings), so a
+//! crash between the two saves can never pair a model with the optimizer of another step;
+//! `model.safetensors` is the nanoGPT-compatible export, rewritten from the state on resume
+//! whenever it lags behind.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use crate::checkpoint::{self, Tensor, TensorFile};
 use crate::data::{eval_windows, Dataset, Vocab};
 use crate::metrics::{sample_token, LangMetrics, MetricsAcc};
-use crate::model::{init_params, param_specs, Gpt, GptConfig, OptConfig};
+use crate::model::{init_params, param_specs, Gpt, GptConfig, OptConfig, ParamSpec};
 use crate::rng::Rng;
 use crate::runtime::Backend;
 
@@ -34,6 +41,41 @@ pub struct TrainConfig {
     pub log_interval: u64,
     /// Stop (with a checkpoint) after this step, keeping the schedule of `steps`; resume later.
     pub stop_after: Option<u64>,
+}
+
+impl TrainConfig {
+    /// Refuses settings that would fail hours into a run, or silently train nothing.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        if self.batch_size == 0 {
+            bail!("batch_size must be at least 1 (got 0): pass a positive --batch-size");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!(
+                "learning rate must be a positive number (got --lr {}): pass e.g. --lr 1e-3",
+                self.lr
+            );
+        }
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0) {
+            bail!(
+                "minimum learning rate must be a number >= 0 (got --min-lr {}): pass e.g. --min-lr 1e-4",
+                self.min_lr
+            );
+        }
+        if self.steps == 0 {
+            bail!("--steps must be at least 1 (got 0): pass the number of training steps");
+        }
+        if self.stop_after == Some(0) {
+            bail!("--stop-after must be at least 1 (got 0): pass the step to stop after, or leave it out");
+        }
+        if !(0.0..=1.0).contains(&self.low_resource_prob) {
+            bail!(
+                "low-resource probability {} is outside [0, 1]: pass a --low-resource-prob between 0 and 1",
+                self.low_resource_prob
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Linear warm-up to `lr` over `warmup` steps, then cosine decay to `min_lr` at the last step.
@@ -60,43 +102,58 @@ pub fn state_path(dir: &Path) -> PathBuf {
     dir.join("state.safetensors")
 }
 
+fn metrics_path(dir: &Path) -> PathBuf {
+    dir.join("metrics.jsonl")
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Asks a running [`train`] to finish its current step, save a checkpoint and return
+/// (`TrainSummary::interrupted`). Safe to call from a signal handler's thread.
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
 /// Parameters under nanoGPT's names plus the metadata `eval` and PyTorch need.
-pub fn model_file(model: &Gpt, be: &mut dyn Backend, vocab: &Vocab) -> Result<TensorFile> {
+fn params_file(
+    specs: &[ParamSpec],
+    values: Vec<Vec<f32>>,
+    c: &GptConfig,
+    vocab: &Vocab,
+) -> TensorFile {
     let mut f = TensorFile::new();
-    for (s, b) in model.specs.iter().zip(&model.params) {
-        f.push(Tensor::f32(
-            s.name.clone(),
-            s.shape.clone(),
-            be.read_f32(*b)?,
-        ));
+    for (s, v) in specs.iter().zip(values) {
+        f.push(Tensor::f32(s.name.clone(), s.shape.clone(), v));
     }
-    let c = &model.cfg;
     f.set_meta("vocab_size", c.vocab_size);
     f.set_meta("block_size", c.block_size);
     f.set_meta("n_layer", c.n_layer);
     f.set_meta("n_head", c.n_head);
     f.set_meta("n_embd", c.n_embd);
     f.set_meta("vocab", vocab.to_json());
-    Ok(f)
+    f
 }
 
-/// Reads a checkpoint's configuration, alphabet and parameters.
-pub fn load_model_file(path: &Path) -> Result<(GptConfig, Vocab, Vec<Vec<f32>>)> {
-    let f = checkpoint::load(path)?;
-    let cfg = GptConfig {
-        vocab_size: f.meta_usize("vocab_size")?,
-        block_size: f.meta_usize("block_size")?,
-        n_layer: f.meta_usize("n_layer")?,
-        n_head: f.meta_usize("n_head")?,
-        n_embd: f.meta_usize("n_embd")?,
-    };
-    cfg.validate()
-        .with_context(|| format!("checkpoint '{}' metadata", path.display()))?;
-    let vocab = Vocab::from_json(f.meta("vocab")?)?;
+/// Parameters under nanoGPT's names plus the metadata `eval` and PyTorch need.
+pub fn model_file(model: &Gpt, be: &mut dyn Backend, vocab: &Vocab) -> Result<TensorFile> {
+    let values = model.read_all(be, &model.params)?;
+    Ok(params_file(&model.specs, values, &model.cfg, vocab))
+}
+
+/// Configuration, alphabet and parameters of a model or state file, each checked against
+/// the others.
+fn model_parts(f: &TensorFile) -> Result<(GptConfig, Vocab, Vec<Vec<f32>>)> {
+    let cfg = f.gpt_config()?;
+    let vocab =
+        Vocab::from_json(f.meta("vocab")?).with_context(|| format!("checkpoint {}", f.label()))?;
     if cfg.vocab_size != vocab.len() && cfg.vocab_size != 2 * vocab.len() {
         bail!(
-            "checkpoint '{}' has vocab_size {} but its alphabet has {} characters (expected {} or {}): the metadata is inconsistent",
-            path.display(),
+            "checkpoint {} has vocab_size {} but its alphabet has {} characters (expected {} or {}): the metadata is inconsistent; use another checkpoint",
+            f.label(),
             cfg.vocab_size,
             vocab.len(),
             vocab.len(),
@@ -106,11 +163,17 @@ pub fn load_model_file(path: &Path) -> Result<(GptConfig, Vocab, Vec<Vec<f32>>)>
     let params = param_specs(&cfg)
         .iter()
         .map(|s| f.expect_f32(&s.name, &s.shape).map(|d| d.to_vec()))
-        .collect::<Result<Vec<_>>>()
-        .with_context(|| format!("checkpoint '{}'", path.display()))?;
+        .collect::<Result<Vec<_>>>()?;
     Ok((cfg, vocab, params))
 }
 
+/// Reads a checkpoint's configuration, alphabet and parameters.
+pub fn load_model_file(path: &Path) -> Result<(GptConfig, Vocab, Vec<Vec<f32>>)> {
+    model_parts(&checkpoint::load(path)?)
+}
+
+/// State first, then model: see the module docs. Parameters that are no longer finite are
+/// refused, so a diverged run never replaces the last good checkpoint.
 fn save_checkpoint(
     dir: &Path,
     model: &Gpt,
@@ -120,8 +183,16 @@ fn save_checkpoint(
     step: u64,
     rng: &Rng,
 ) -> Result<()> {
-    checkpoint::save(&model_path(dir), &model_file(model, be, vocab)?)?;
-    let mut st = TensorFile::new();
+    let values = model.read_all(be, &model.params)?;
+    for (s, v) in model.specs.iter().zip(&values) {
+        if v.iter().any(|x| !x.is_finite()) {
+            bail!(
+                "parameter '{}' became NaN or infinite by step {step}, so no checkpoint was written: lower --lr",
+                s.name
+            );
+        }
+    }
+    let mut st = params_file(&model.specs, values.clone(), &model.cfg, vocab);
     for (i, s) in model.specs.iter().enumerate() {
         st.push(Tensor::f32(
             format!("adam_m.{}", s.name),
@@ -137,7 +208,181 @@ fn save_checkpoint(
     st.set_meta("step", step);
     st.set_meta("rng", serde_json::to_string(&rng.state())?);
     st.set_meta("train_config", serde_json::to_string(cfg)?);
-    checkpoint::save(&state_path(dir), &st)
+    checkpoint::save(&state_path(dir), &st)?;
+    let mut m = params_file(&model.specs, values, &model.cfg, vocab);
+    m.set_meta("step", step);
+    checkpoint::save(&model_path(dir), &m)
+}
+
+/// `block_size 16 in the checkpoint, 32 asked for`, per differing field.
+fn config_diff(saved: &GptConfig, now: &GptConfig) -> Vec<String> {
+    let fields = [
+        ("vocab_size", saved.vocab_size, now.vocab_size),
+        ("block_size", saved.block_size, now.block_size),
+        ("n_layer", saved.n_layer, now.n_layer),
+        ("n_head", saved.n_head, now.n_head),
+        ("n_embd", saved.n_embd, now.n_embd),
+    ];
+    fields
+        .iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(name, a, b)| {
+            let table = match *name {
+                "block_size" => format!(" (its position table has {a} rows)"),
+                "vocab_size" => " (twice the alphabet when --low-resource-prob > 0)".into(),
+                _ => String::new(),
+            };
+            format!("{name} {a} in the checkpoint{table}, {b} asked for")
+        })
+        .collect()
+}
+
+/// Errors unless the state file in `out` can continue a run of `cfg` on `data`.
+fn check_resumable(st: &TensorFile, data: &Dataset, cfg: &TrainConfig, out: &Path) -> Result<()> {
+    let (saved, vocab, _) = model_parts(st)?;
+    let fix =
+        "resume with the same model settings and --data, or pass another --out to start a new run";
+    if vocab != data.vocab {
+        bail!(
+            "cannot resume '{}': the checkpoint's alphabet ({} characters) differs from the text's ({} characters): {fix}",
+            out.display(),
+            vocab.len(),
+            data.vocab.len()
+        );
+    }
+    let diff = config_diff(&saved, &cfg.model);
+    if !diff.is_empty() {
+        bail!(
+            "cannot resume '{}': {}: {fix}",
+            out.display(),
+            diff.join(", ")
+        );
+    }
+    let step = st.meta_usize("step")? as u64;
+    if step > cfg.steps {
+        bail!(
+            "cannot resume '{}': the checkpoint is at step {step}, past --steps {}: pass --steps {step} or more",
+            out.display(),
+            cfg.steps
+        );
+    }
+    Ok(())
+}
+
+/// Everything [`train`] would refuse, checked before a GPU is opened or a file is written:
+/// settings, text length, and whether `out` holds (or must hold) a checkpoint. Starting a
+/// new run over an existing checkpoint is refused, so rerunning a command by mistake cannot
+/// destroy hours of training.
+pub fn preflight(data: &Dataset, cfg: &TrainConfig, out: &Path, resume: bool) -> Result<()> {
+    cfg.validate()?;
+    if cfg.model.vocab_size < data.model_vocab() {
+        bail!(
+            "vocab_size {} cannot hold the {} token ids of the text: build the config from the data's vocabulary",
+            cfg.model.vocab_size,
+            data.model_vocab()
+        );
+    }
+    data.check_sizes(cfg.model.block_size)?;
+    let shown = out.display();
+    if out.exists() && !out.is_dir() {
+        bail!("--out '{shown}' is a file, not a folder: pass a folder for the checkpoints");
+    }
+    let (model, state) = (model_path(out).exists(), state_path(out).exists());
+    if resume {
+        if !state {
+            if model {
+                bail!(
+                    "cannot resume '{shown}': it has model.safetensors but no state.safetensors (optimizer state and data position), so the run cannot continue exactly: pass another --out to start a new run from scratch"
+                );
+            }
+            bail!(
+                "cannot resume: there is no checkpoint (state.safetensors) in '{shown}': pass the --out of the run to continue, or drop --resume to start a new run"
+            );
+        }
+        let st = checkpoint::load(&state_path(out))?;
+        check_resumable(&st, data, cfg, out)?;
+    } else if model || state {
+        let at = checkpoint::load(&state_path(out))
+            .ok()
+            .and_then(|st| st.meta_usize("step").ok())
+            .map_or(String::new(), |s| format!(" (step {s})"));
+        bail!(
+            "'{shown}' already holds a checkpoint{at}: pass --resume to continue it, or another --out (or delete '{shown}') to start a new run"
+        );
+    }
+    Ok(())
+}
+
+/// Keeps the metrics of steps up to `step` (a resumed run logs the later ones again) and
+/// drops a line cut short by a crash. Rewritten atomically like a checkpoint.
+fn trim_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let keep: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step")?.as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    if keep == text {
+        return Ok(());
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    fs::write(&tmp, &keep)
+        .and_then(|_| fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            anyhow!(
+                "cannot rewrite '{}': {e}: check free space and permissions",
+                path.display()
+            )
+        })
+}
+
+/// Loads the state in `out` into `model`; returns the step reached and the data RNG.
+fn restore(
+    be: &mut dyn Backend,
+    model: &Gpt,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    out: &Path,
+) -> Result<(u64, Rng)> {
+    let st = checkpoint::load(&state_path(out))?;
+    check_resumable(&st, data, cfg, out)?;
+    let (_, vocab, params) = model_parts(&st)?;
+    model.set_params(be, &params)?;
+    for (i, s) in model.specs.iter().enumerate() {
+        be.write_f32(
+            model.adam_m[i],
+            st.expect_f32(&format!("adam_m.{}", s.name), &s.shape)?,
+        );
+        be.write_f32(
+            model.adam_v[i],
+            st.expect_f32(&format!("adam_v.{}", s.name), &s.shape)?,
+        );
+    }
+    let step = st.meta_usize("step")? as u64;
+    let rng: [u64; 4] = serde_json::from_str(st.meta("rng")?).map_err(|e| {
+        anyhow!(
+            "checkpoint {}: metadata 'rng' is damaged ({e}): use another checkpoint",
+            st.label()
+        )
+    })?;
+    // The model file lags when a crash came between the two saves: bring it level.
+    let model_step = checkpoint::load(&model_path(out))
+        .ok()
+        .and_then(|m| m.meta_usize("step").ok());
+    if model_step != Some(step as usize) {
+        let mut m = params_file(&model.specs, params, &model.cfg, &vocab);
+        m.set_meta("step", step);
+        checkpoint::save(&model_path(out), &m)?;
+    }
+    Ok((step, Rng::from_state(rng)))
 }
 
 /// One line of `metrics.jsonl`.
@@ -189,10 +434,15 @@ pub struct TrainSummary {
     pub final_loss: f32,
     pub losses: Vec<(u64, f32)>,
     pub tokens_per_s: f64,
+    /// Steps completed, which is also the step of the checkpoint in `out`.
+    pub step: u64,
+    /// Stopped early by [`request_stop`] (Ctrl-C), after saving a checkpoint.
+    pub interrupted: bool,
 }
 
 /// Trains `cfg` on `data`, writing checkpoints and `metrics.jsonl` to `out`.
-/// With `resume`, continues from `out`'s checkpoint.
+/// With `resume`, continues exactly from `out`'s checkpoint, which must exist; without it,
+/// `out` must not hold one (see [`preflight`]).
 pub fn train(
     be: &mut dyn Backend,
     data: &Dataset,
@@ -201,9 +451,7 @@ pub fn train(
     resume: bool,
     progress: bool,
 ) -> Result<TrainSummary> {
-    data.check_sizes(cfg.model.block_size)?;
-    fs::create_dir_all(out)
-        .with_context(|| format!("cannot create output folder '{}'", out.display()))?;
+    preflight(data, cfg, out, resume)?;
     let model = Gpt::new(
         be,
         cfg.model,
@@ -211,43 +459,33 @@ pub fn train(
         cfg.margin,
         OptConfig::default(),
     )?;
+    fs::create_dir_all(out).map_err(|e| {
+        anyhow!(
+            "cannot create output folder '{}': {e}: pass a writable --out",
+            out.display()
+        )
+    })?;
+    // Left by a crash during a save; the files they were meant to replace are intact.
+    for name in [
+        "model.safetensors.tmp",
+        "state.safetensors.tmp",
+        "metrics.jsonl.tmp",
+    ] {
+        let _ = fs::remove_file(out.join(name));
+    }
     let mut data_rng = Rng::new(cfg.seed.wrapping_add(0x5e1f));
     let mut start = 0u64;
-    if resume && model_path(out).exists() {
-        let (mcfg, vocab, params) = load_model_file(&model_path(out))?;
-        if mcfg != cfg.model || vocab != data.vocab {
-            bail!(
-                "checkpoint in '{}' was trained with another model config or alphabet: resume with the same settings and --data, or use a new --out",
-                out.display()
-            );
-        }
-        model.set_params(be, &params)?;
-        let st = checkpoint::load(&state_path(out))?;
-        for (i, s) in model.specs.iter().enumerate() {
-            be.write_f32(
-                model.adam_m[i],
-                st.expect_f32(&format!("adam_m.{}", s.name), &s.shape)?,
-            );
-            be.write_f32(
-                model.adam_v[i],
-                st.expect_f32(&format!("adam_v.{}", s.name), &s.shape)?,
-            );
-        }
-        start = st.meta_usize("step")? as u64;
-        let state: [u64; 4] =
-            serde_json::from_str(st.meta("rng")?).context("state.safetensors: bad rng metadata")?;
-        data_rng = Rng::from_state(state);
+    if resume {
+        (start, data_rng) = restore(be, &model, data, cfg, out)?;
+        trim_metrics(&metrics_path(out), start)?;
     } else {
         let mut init_rng = Rng::new(cfg.seed);
         model.set_params(be, &init_params(&cfg.model, &mut init_rng))?;
-        let _ = fs::remove_file(out.join("metrics.jsonl"));
+        let _ = fs::remove_file(metrics_path(out));
     }
 
-    let mut log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(out.join("metrics.jsonl"))
-        .with_context(|| format!("cannot write metrics.jsonl in '{}'", out.display()))?;
+    // Opened on the first line, so a run that fails before logging leaves no empty file.
+    let mut log: Option<fs::File> = None;
     let langs = languages(data, cfg.model.vocab_size);
     let bar = if progress {
         indicatif::ProgressBar::new(cfg.steps)
@@ -269,25 +507,58 @@ pub fn train(
     let mut window_steps = 0u64;
     let mut tps = 0.0;
     let end = cfg.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
+    // The last step with a checkpoint and the last step whose loss was seen to be finite.
+    let mut saved = resume.then_some(start);
+    let mut finite_at = start;
+    let kept = |saved: Option<u64>| match saved {
+        Some(s) => format!(
+            "the checkpoint of step {s} in '{}' is intact; continue from it with --resume",
+            out.display()
+        ),
+        None => "no checkpoint had been saved yet".to_string(),
+    };
+    let mut done = start;
+    let mut interrupted = false;
     for step in start..end {
+        if stop_requested() {
+            interrupted = true;
+            break;
+        }
+        let failed = |e: anyhow::Error| {
+            anyhow!(
+                "training failed at step {}: {e:#}; {}",
+                step + 1,
+                kept(saved)
+            )
+        };
         let (x, y) = data.sample_batch(&mut data_rng, cfg.batch_size, cfg.model.block_size);
         model.set_batch(be, &x, &y);
         let lr = lr_at(cfg, step);
         model.set_step(be, lr, step + 1);
-        model.train_step(be)?;
+        model.train_step(be).map_err(failed)?;
+        done = step + 1;
         window_steps += 1;
         let last = step + 1 == cfg.steps;
         let eval_now = cfg.eval_interval > 0 && ((step + 1) % cfg.eval_interval == 0 || last);
         if (step + 1) % cfg.log_interval.max(1) == 0 || step + 1 == end || step == start || eval_now
         {
-            last_loss = be.read_f32(model.loss)?[0];
+            last_loss = be.read_f32(model.loss).map_err(failed)?[0];
             if !last_loss.is_finite() {
+                let when = if step == finite_at {
+                    format!("at step {}", step + 1)
+                } else {
+                    format!(
+                        "between steps {} and {} (it is checked every --log-interval steps)",
+                        finite_at + 1,
+                        step + 1
+                    )
+                };
                 bail!(
-                    "loss became {last_loss} at step {}: the last good checkpoint in '{}' is kept; lower --lr and resume",
-                    step + 1,
-                    out.display()
+                    "the loss became {last_loss} {when}, so training stopped: lower --lr (or raise --warmup); {}",
+                    kept(saved)
                 );
             }
+            finite_at = step + 1;
             tps = window_steps as f64 * tokens_per_step / window.elapsed().as_secs_f64();
             window = Instant::now();
             window_steps = 0;
@@ -297,7 +568,8 @@ pub fn train(
             let mut vals = Vec::new();
             if eval_now {
                 for (name, toks) in &langs {
-                    vals.push((name.clone(), val_loss(&model, be, toks, cfg.eval_batches)?));
+                    let l = val_loss(&model, be, toks, cfg.eval_batches).map_err(failed)?;
+                    vals.push((name.clone(), l));
                 }
                 bar.println(format!(
                     "step {}: train loss {last_loss:.4}, val {}",
@@ -309,30 +581,58 @@ pub fn train(
                 ));
                 val = Some(vals.as_slice());
             }
-            let line = LogLine {
+            let mut line = serde_json::to_string(&LogLine {
                 step: step + 1,
                 loss: last_loss,
                 lr,
                 tokens_per_s: tps,
                 val_loss: val,
+            })?;
+            line.push('\n');
+            let path = metrics_path(out);
+            let file = match &mut log {
+                Some(f) => f,
+                None => log.insert(
+                    fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .map_err(|e| {
+                            anyhow!(
+                                "cannot open '{}': {e}: pass a writable --out",
+                                path.display()
+                            )
+                        })?,
+                ),
             };
-            writeln!(log, "{}", serde_json::to_string(&line)?)?;
+            // One write per line, so a crash cannot interleave half a line with the next run's.
+            file.write_all(line.as_bytes())
+                .map_err(|e| anyhow!("cannot write '{}': {e}: check free space", path.display()))?;
             if eval_now {
-                save_checkpoint(out, &model, be, &data.vocab, cfg, step + 1, &data_rng)?;
+                save_checkpoint(out, &model, be, &data.vocab, cfg, step + 1, &data_rng)
+                    .map_err(failed)?;
+                saved = Some(step + 1);
             }
         }
         bar.set_position(step + 1);
     }
     if start >= end {
         bar.println(format!("already trained {start} of {} steps", cfg.steps));
-    } else if cfg.eval_interval == 0 || !end.is_multiple_of(cfg.eval_interval) {
-        save_checkpoint(out, &model, be, &data.vocab, cfg, end, &data_rng)?;
+    } else if done > start && saved != Some(done) {
+        save_checkpoint(out, &model, be, &data.vocab, cfg, done, &data_rng).map_err(|e| {
+            anyhow!(
+                "saving the checkpoint of step {done} failed: {e:#}; {}",
+                kept(saved)
+            )
+        })?;
     }
     bar.finish();
     Ok(TrainSummary {
         final_loss: last_loss,
         losses,
         tokens_per_s: tps,
+        step: done,
+        interrupted,
     })
 }
 
