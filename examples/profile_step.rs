@@ -6,7 +6,8 @@ use selfish::runtime::GpuBackend;
 fn main() -> anyhow::Result<()> {
     let mut gpu = GpuBackend::open(None)?;
     let cfg = GptConfig::paper(130);
-    let model = Gpt::new(&mut gpu, cfg, 12, Some(1.0), OptConfig::default())?;
+    let loss = selfish::loss::Loss::PLAIN.with_margin(Some(1.0))?;
+    let model = Gpt::new(&mut gpu, cfg, 12, loss, OptConfig::default())?;
     model.set_params(&mut gpu, &init_params(&cfg, &mut Rng::new(1)))?;
     let x: Vec<u32> = (0..12 * 64).map(|i| (i * 7 % 130) as u32).collect();
     model.set_batch(&mut gpu, &x, &x);

@@ -7,6 +7,7 @@ pub mod data;
 pub mod fixture;
 pub mod gpu;
 pub mod kernels;
+pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod rng;

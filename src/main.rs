@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use selfish::check;
 use selfish::data::{self, Dataset};
 use selfish::gpu;
+use selfish::loss::Loss;
 use selfish::model::GptConfig;
 use selfish::runtime::{open_backend, GpuBackend};
 use selfish::train::{self, TrainConfig};
@@ -165,9 +166,12 @@ enum Cmd {
         /// Text file to train on (default: tiny Shakespeare, downloaded to data/ when missing).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Threshold margin (a number >= 0), or `off` for plain cross-entropy.
+        /// Threshold margin (a number >= 0), or `off`; combines with --loss (e.g. counterpart).
         #[arg(long, default_value = "off", allow_hyphen_values = true)]
         margin: String,
+        /// plain, margin:M, hard:K, counterpart, sampled:K, or a '+' mix such as hard:8+counterpart.
+        #[arg(long, default_value = "plain")]
+        loss: String,
         #[arg(long, default_value_t = 8000)]
         steps: u64,
         #[arg(long, default_value_t = 1e-3)]
@@ -285,6 +289,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             model,
             data,
             margin,
+            loss,
             steps,
             lr,
             min_lr,
@@ -314,7 +319,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 lr,
                 min_lr,
                 warmup,
-                margin: parse_margin(&margin)?,
+                loss: Loss::parse(&loss)?.with_margin(parse_margin(&margin)?)?,
                 low_resource_prob,
                 seed,
                 eval_interval,
@@ -328,9 +333,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 be.name(),
                 cfg.num_params(),
                 steps,
-                tc.margin.map_or("plain cross-entropy".into(), |m| format!(
-                    "threshold, margin {m}"
-                ))
+                tc.loss
             );
             let s = train::train(be.as_mut(), &dataset, &tc, &out, resume, true)?;
             println!(
@@ -501,7 +504,7 @@ fn check_kernels(
         rows.push(row);
     }
     if rows.is_empty() {
-        anyhow::bail!("no kernel matches --op {}: try matmul, softmax, threshold, cross_entropy, layernorm, gelu, attention, embedding, residual or adamw", only.unwrap_or(""));
+        anyhow::bail!("no kernel matches --op {}: try matmul, softmax, threshold, cross_entropy, sampled, layernorm, gelu, attention, embedding, residual or adamw", only.unwrap_or(""));
     }
     let failed = rows.iter().filter(|r| !r.ok).count();
     if json {

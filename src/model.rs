@@ -11,7 +11,9 @@
 
 use anyhow::{bail, Result};
 
-use crate::kernels::{adamw, attention, embedding, matmul, Op};
+use crate::kernels::cross_entropy::Keep;
+use crate::kernels::{adamw, attention, embedding, matmul, sampled_loss, Op};
+use crate::loss::Loss;
 use crate::rng::Rng;
 use crate::runtime::{Backend, Buf, Dtype, Seq};
 
@@ -247,15 +249,19 @@ pub struct Gpt {
     /// Plain cross-entropy of the current logits (needs `forward` first).
     pub eval_loss: Seq,
     pub opt: OptConfig,
+    pub loss_fn: Loss,
+    /// `sampled:K` only: the noise table (u32 [V], see `sampled_loss::cdf`; uniform until
+    /// `set_noise`) and the draw seeds (u32 `[step, run seed]`).
+    pub noise: Option<(Buf, Buf)>,
 }
 
 impl Gpt {
-    /// Allocates everything and compiles the sequences. `margin` selects the threshold loss.
+    /// Allocates everything and compiles the sequences; `loss_fn` is the training loss.
     pub fn new(
         be: &mut dyn Backend,
         cfg: GptConfig,
         batch: usize,
-        margin: Option<f32>,
+        loss_fn: Loss,
         opt: OptConfig,
     ) -> Result<Gpt> {
         cfg.validate()?;
@@ -271,6 +277,7 @@ impl Gpt {
             cfg.n_head,
         );
         let bt = b * t;
+        let keep = loss_fn.keep(v)?;
         let f32b = |be: &mut dyn Backend, label: &str, n: usize| be.alloc(label, n, Dtype::F32);
 
         let mut params = Vec::new();
@@ -331,6 +338,14 @@ impl Gpt {
         )?;
         let norm = f32b(be, "norm", 2)?;
         let step_scalars = f32b(be, "step scalars", 4)?;
+        let noise = match loss_fn.sampled {
+            Some(_) => {
+                let cdf = be.alloc("noise cdf", v, Dtype::U32)?;
+                be.write_u32(cdf, &sampled_loss::cdf(&vec![1.0; v]));
+                Some((cdf, be.alloc("noise seeds", 2, Dtype::U32)?))
+            }
+            None => None,
+        };
 
         let (bt32, c32, t32, v32) = (bt as u32, c as u32, t as u32, v as u32);
         // y[bt, out] = x[bt, in] · W[out, in]ᵀ
@@ -466,15 +481,30 @@ impl Gpt {
 
         // ---- loss and backward, in reverse
         let mut bwd = vec![
-            Op::CrossEntropy {
-                rows: bt32,
-                cols: v32,
-                margin,
-                scale: 1.0 / bt as f32,
-                logits,
-                targets,
-                losses,
-                dlogits,
+            match (keep, loss_fn.sampled, noise) {
+                (Some(keep), ..) => Op::CrossEntropy {
+                    rows: bt32,
+                    cols: v32,
+                    keep,
+                    scale: 1.0 / bt as f32,
+                    logits,
+                    targets,
+                    losses,
+                    dlogits,
+                },
+                (None, Some(k), Some((cdf, seeds))) => Op::SampledLoss {
+                    rows: bt32,
+                    cols: v32,
+                    k,
+                    scale: 1.0 / bt as f32,
+                    logits,
+                    targets,
+                    cdf,
+                    seeds,
+                    losses,
+                    dlogits,
+                },
+                _ => unreachable!("Loss::keep is None only for sampled:K, which has noise"),
             },
             Op::Mean {
                 n: bt32,
@@ -623,7 +653,7 @@ impl Gpt {
             Op::CrossEntropy {
                 rows: bt32,
                 cols: v32,
-                margin: None,
+                keep: Keep::default(),
                 scale: 1.0 / bt as f32,
                 logits,
                 targets,
@@ -663,6 +693,8 @@ impl Gpt {
             optimize,
             eval_loss,
             opt,
+            loss_fn,
+            noise,
         })
     }
 
@@ -705,6 +737,28 @@ impl Gpt {
         let bc1 = 1.0 - (self.opt.beta1 as f64).powf(t as f64);
         let bc2 = 1.0 - (self.opt.beta2 as f64).powf(t as f64);
         be.write_f32(self.step_scalars, &[lr, bc1 as f32, bc2.sqrt() as f32, 0.0]);
+        if let Some((_, seeds)) = self.noise {
+            // Word 0 only: the run seed in word 1 stays.
+            be.write_u32(seeds, &[t as u32]);
+        }
+    }
+
+    /// `sampled:K`: the noise distribution (weights over the vocabulary, see
+    /// `loss::noise_weights`) and the run seed the draws hash with. A no-op for other losses.
+    pub fn set_noise(&self, be: &mut dyn Backend, weights: &[f64], seed: u64) -> Result<()> {
+        let Some((cdf, seeds)) = self.noise else {
+            return Ok(());
+        };
+        if weights.len() != self.cfg.vocab_size {
+            bail!(
+                "noise weights cover {} tokens, the model {}",
+                weights.len(),
+                self.cfg.vocab_size
+            );
+        }
+        be.write_u32(cdf, &sampled_loss::cdf(weights));
+        be.write_u32(seeds, &[0, (seed ^ (seed >> 32)) as u32]);
+        Ok(())
     }
 
     /// One full training step (forward, loss, backward, clip, AdamW) as one submission.

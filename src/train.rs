@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{self, Tensor, TensorFile};
 use crate::data::{eval_windows, Dataset, Vocab};
+use crate::loss::{noise_weights, Loss};
 use crate::metrics::{sample_token, LangMetrics, MetricsAcc};
 use crate::model::{init_params, param_specs, Gpt, GptConfig, OptConfig};
 use crate::rng::Rng;
@@ -24,8 +25,8 @@ pub struct TrainConfig {
     pub lr: f32,
     pub min_lr: f32,
     pub warmup: u64,
-    /// `None`: plain cross-entropy.
-    pub margin: Option<f32>,
+    /// The training loss (validation always reports plain cross-entropy).
+    pub loss: Loss,
     pub low_resource_prob: f64,
     pub seed: u64,
     pub eval_interval: u64,
@@ -77,6 +78,7 @@ pub fn model_file(model: &Gpt, be: &mut dyn Backend, vocab: &Vocab) -> Result<Te
     f.set_meta("n_head", c.n_head);
     f.set_meta("n_embd", c.n_embd);
     f.set_meta("vocab", vocab.to_json());
+    f.set_meta("loss", model.loss_fn);
     Ok(f)
 }
 
@@ -204,13 +206,15 @@ pub fn train(
     data.check_sizes(cfg.model.block_size)?;
     fs::create_dir_all(out)
         .with_context(|| format!("cannot create output folder '{}'", out.display()))?;
+    cfg.loss.check_data(data, cfg.model.vocab_size)?;
     let model = Gpt::new(
         be,
         cfg.model,
         cfg.batch_size,
-        cfg.margin,
+        cfg.loss,
         OptConfig::default(),
     )?;
+    model.set_noise(be, &noise_weights(data, cfg.model.vocab_size), cfg.seed)?;
     let mut data_rng = Rng::new(cfg.seed.wrapping_add(0x5e1f));
     let mut start = 0u64;
     if resume && model_path(out).exists() {
@@ -223,6 +227,17 @@ pub fn train(
         }
         model.set_params(be, &params)?;
         let st = checkpoint::load(&state_path(out))?;
+        let saved: serde_json::Value =
+            serde_json::from_str(st.meta("train_config")?).unwrap_or_default();
+        if let Some(was) = saved.get("loss").and_then(|l| l.as_str()) {
+            if was != cfg.loss.to_string() {
+                bail!(
+                    "checkpoint in '{}' was trained with --loss {was}, not {}: resume with the same loss, or use a new --out",
+                    out.display(),
+                    cfg.loss
+                );
+            }
+        }
         for (i, s) in model.specs.iter().enumerate() {
             be.write_f32(
                 model.adam_m[i],
@@ -367,7 +382,7 @@ pub fn evaluate_language(model: &Gpt, be: &mut dyn Backend, tokens: &[u32]) -> R
 /// Builds a forward-only model from a checkpoint.
 pub fn load_for_inference(be: &mut dyn Backend, path: &Path, batch: usize) -> Result<(Gpt, Vocab)> {
     let (cfg, vocab, params) = load_model_file(path)?;
-    let model = Gpt::new(be, cfg, batch, None, OptConfig::default())?;
+    let model = Gpt::new(be, cfg, batch, Loss::PLAIN, OptConfig::default())?;
     model.set_params(be, &params)?;
     Ok((model, vocab))
 }

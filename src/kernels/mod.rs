@@ -15,6 +15,7 @@ pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
 pub mod residual;
+pub mod sampled_loss;
 pub mod softmax;
 pub mod threshold;
 
@@ -33,6 +34,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("residual", include_str!("../../shaders/residual.wgsl")),
+    (
+        "sampled_loss",
+        include_str!("../../shaders/sampled_loss.wgsl"),
+    ),
     ("softmax", include_str!("../../shaders/softmax.wgsl")),
     ("threshold", include_str!("../../shaders/threshold.wgsl")),
 ];
@@ -117,11 +122,27 @@ pub enum Op {
     CrossEntropy {
         rows: u32,
         cols: u32,
-        margin: Option<f32>,
+        /// Which non-targets enter the softmax (default: all).
+        keep: cross_entropy::Keep,
         /// Gradient scale, normally 1 / rows.
         scale: f32,
         logits: Buf,
         targets: Buf,
+        losses: Buf,
+        dlogits: Buf,
+    },
+    /// Negative sampling: `k` noise tokens per row drawn from `cdf` with the `seeds` words.
+    SampledLoss {
+        rows: u32,
+        cols: u32,
+        k: u32,
+        scale: f32,
+        logits: Buf,
+        targets: Buf,
+        /// u32 [cols], see `sampled_loss::cdf`.
+        cdf: Buf,
+        /// u32 [2]: `[step, run seed]`; the host writes the step every step.
+        seeds: Buf,
         losses: Buf,
         dlogits: Buf,
     },
@@ -262,14 +283,28 @@ impl Op {
             CrossEntropy {
                 rows,
                 cols,
-                margin,
+                ref keep,
                 scale,
                 logits,
                 targets,
                 losses,
                 dlogits,
             } => vec![cross_entropy::launch(
-                rows, cols, margin, scale, logits, targets, losses, dlogits,
+                rows, cols, keep, scale, logits, targets, losses, dlogits,
+            )],
+            SampledLoss {
+                rows,
+                cols,
+                k,
+                scale,
+                logits,
+                targets,
+                cdf,
+                seeds,
+                losses,
+                dlogits,
+            } => vec![sampled_loss::launch(
+                rows, cols, k, scale, logits, targets, cdf, seeds, losses, dlogits,
             )],
             Mean { n, x, out } => vec![cross_entropy::launch_mean(n, x, out)],
             LayerNormFwd {
@@ -388,7 +423,7 @@ impl Op {
             CrossEntropy {
                 rows,
                 cols,
-                margin,
+                ref keep,
                 scale,
                 logits,
                 targets,
@@ -400,10 +435,39 @@ impl Op {
                 cross_entropy::cpu(
                     rows,
                     cols,
-                    margin,
+                    keep,
                     scale,
                     mem.f(logits),
                     mem.u(targets),
+                    &mut l,
+                    &mut d,
+                );
+                mem.put(losses, l);
+                mem.put(dlogits, d);
+            }
+            SampledLoss {
+                rows,
+                cols,
+                k,
+                scale,
+                logits,
+                targets,
+                cdf,
+                seeds,
+                losses,
+                dlogits,
+            } => {
+                let mut l = mem.take(losses);
+                let mut d = mem.take(dlogits);
+                sampled_loss::cpu(
+                    rows,
+                    cols,
+                    k,
+                    scale,
+                    mem.f(logits),
+                    mem.u(targets),
+                    mem.u(cdf),
+                    mem.u(seeds),
                     &mut l,
                     &mut d,
                 );
