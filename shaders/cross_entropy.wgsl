@@ -14,8 +14,8 @@
 //   dlogits[r, j] = scale * (exp(l[r, j] - mx) / Z - [j == t])   for j in K_r
 //   dlogits[r, j] = 0                                               for j not in K_r
 // scale is 1 / (number of rows averaged), so dlogits is the gradient of the mean loss.
-// Top-K is a deterministic radix select: a bitwise search for the K-th largest order key, then
-// a bitwise search for the index cut among keys equal to it; every count is a fixed tree sum.
+// Top-K needs no reduction: each candidate counts the candidates ranked before it and stays if
+// fewer than K do (exact integer counts, so the set is the CPU twin's bit for bit).
 // `mean_rows`: out[0] = (sum_i x[i]) / n, one workgroup, fixed-order tree sum.
 // logits/dlogits row-major [rows, cols]; targets u32 [rows]; one workgroup per row.
 
@@ -40,7 +40,6 @@ struct Params {
 
 const WG: u32 = 256u;
 var<workgroup> red: array<f32, 256>;
-var<workgroup> redu: array<u32, 256>;
 
 fn reduce_sum(li: u32, v: f32) -> f32 {
     red[li] = v;
@@ -70,25 +69,22 @@ fn reduce_max(li: u32, v: f32) -> f32 {
     return r;
 }
 
-fn reduce_count(li: u32, v: u32) -> u32 {
-    redu[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            redu[li] += redu[li + s];
-        }
-        workgroupBarrier();
-    }
-    let r = redu[0];
-    workgroupBarrier();
-    return r;
-}
-
 // Monotone map of IEEE totalOrder onto u32 order: flip every bit of negatives, the sign of
 // positives.
 fn order_key(v: f32) -> u32 {
     let b = bitcast<u32>(v);
     return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+
+// Membership of K_r; with ranking on, the flag the calling invocation parked in dlogits.
+fn is_kept(base: u32, j: u32, t: u32, twin: u32, v: f32, thr: f32, ranking: bool) -> bool {
+    if (j == t) {
+        return true;
+    }
+    if (ranking) {
+        return dlogits[base + j] != 0.0;
+    }
+    return j != twin && (p.use_margin == 0u || v >= thr);
 }
 
 @compute @workgroup_size(256)
@@ -112,57 +108,29 @@ fn cross_entropy(
         twin = select(t - p.twin_base, t + p.twin_base, t < p.twin_base);
     }
 
-    // Hard negatives: kept candidates are those with key > cut_key, or key == cut_key and
-    // index <= cut_idx. With hard_k off the cut keeps every candidate.
-    var cut_key = 0u;
-    var cut_idx = 0xffffffffu;
-    if (p.hard_k != 0u) {
-        var n = 0u;
+    // Hard negatives: each invocation ranks its own candidates (how many candidates precede
+    // it) and parks the kept flag in its own dlogits entries, read back below by the same
+    // invocation. A rank search stops at k predecessors, so a row costs ~ cols·k·log(cols/k).
+    // k >= cols - 1 keeps every candidate and skips the ranking.
+    let ranking = p.hard_k != 0u && p.hard_k < p.cols - 1u;
+    if (ranking) {
         for (var j = li; j < p.cols; j += WG) {
             let v = logits[base + j];
+            var keep = false;
             if (j != t && j != twin && (!masking || v >= thr)) {
-                n += 1u;
-            }
-        }
-        let k = min(p.hard_k, reduce_count(li, n));
-        // Largest key with at least k candidates at or above it: the k-th largest key.
-        for (var bit = 32u; bit > 0u; bit -= 1u) {
-            let c = cut_key | (1u << (bit - 1u));
-            var m = 0u;
-            for (var j = li; j < p.cols; j += WG) {
-                let v = logits[base + j];
-                if (j != t && j != twin && (!masking || v >= thr) && order_key(v) >= c) {
-                    m += 1u;
+                let key = order_key(v);
+                var rank = 0u;
+                for (var i = 0u; i < p.cols && rank < p.hard_k; i += 1u) {
+                    let u = logits[base + i];
+                    let ku = order_key(u);
+                    if (i != t && i != twin && (!masking || u >= thr)
+                        && (ku > key || (ku == key && i < j))) {
+                        rank += 1u;
+                    }
                 }
+                keep = rank < p.hard_k;
             }
-            if (reduce_count(li, m) >= k) {
-                cut_key = c;
-            }
-        }
-        var above = 0u;
-        for (var j = li; j < p.cols; j += WG) {
-            let v = logits[base + j];
-            if (j != t && j != twin && (!masking || v >= thr) && order_key(v) > cut_key) {
-                above += 1u;
-            }
-        }
-        // need >= 1 ties at cut_key complete the k; keep the lowest-indexed ones. cut_idx
-        // ends as the largest c with fewer than `need` ties below index c, i.e. the index
-        // of the need-th tie.
-        let need = k - reduce_count(li, above);
-        cut_idx = 0u;
-        for (var bit = firstLeadingBit(p.cols) + 1u; bit > 0u; bit -= 1u) {
-            let c = cut_idx | (1u << (bit - 1u));
-            var m = 0u;
-            for (var j = li; j < min(c, p.cols); j += WG) {
-                let v = logits[base + j];
-                if (j != t && j != twin && (!masking || v >= thr) && order_key(v) == cut_key) {
-                    m += 1u;
-                }
-            }
-            if (reduce_count(li, m) < need && c <= p.cols) {
-                cut_idx = c;
-            }
+            dlogits[base + j] = select(0.0, 1.0, keep);
         }
     }
 
@@ -170,9 +138,7 @@ fn cross_entropy(
     var mx = lt;
     for (var j = li; j < p.cols; j += WG) {
         let v = logits[base + j];
-        let key = order_key(v);
-        if (j != t && j != twin && (!masking || v >= thr)
-            && (key > cut_key || (key == cut_key && j <= cut_idx))) {
+        if (is_kept(base, j, t, twin, v, thr, ranking)) {
             mx = max(mx, v);
         }
     }
@@ -180,9 +146,7 @@ fn cross_entropy(
     var z = 0.0;
     for (var j = li; j < p.cols; j += WG) {
         let v = logits[base + j];
-        let key = order_key(v);
-        if (j == t || (j != twin && (!masking || v >= thr)
-            && (key > cut_key || (key == cut_key && j <= cut_idx)))) {
+        if (is_kept(base, j, t, twin, v, thr, ranking)) {
             z += exp(v - mx);
         }
     }
@@ -193,10 +157,8 @@ fn cross_entropy(
     let inv = 1.0 / z;
     for (var j = li; j < p.cols; j += WG) {
         let v = logits[base + j];
-        let key = order_key(v);
         var g = 0.0;
-        if (j == t || (j != twin && (!masking || v >= thr)
-            && (key > cut_key || (key == cut_key && j <= cut_idx)))) {
+        if (is_kept(base, j, t, twin, v, thr, ranking)) {
             g = exp(v - mx) * inv;
             if (j == t) {
                 g -= 1.0;

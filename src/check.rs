@@ -278,7 +278,7 @@ pub fn cases() -> Vec<Case> {
     }
 
     // Every kept-set mode of the fused loss; counterpart needs an even (two-alphabet) vocab.
-    for &(rows, cols) in &[(3u32, 17u32), (5, 34), (7, 257), (768, 130)] {
+    for &(rows, cols) in &[(3u32, 17u32), (5, 34), (7, 257), (2, 1030), (768, 130)] {
         for spec in [
             "plain",
             "margin:0",
@@ -298,9 +298,12 @@ pub fn cases() -> Vec<Case> {
             }
             v.push(cross_entropy_case(rows, cols, spec, Init::Normal(2.0)));
         }
+        // Drops exactly one non-target: the last K that needs ranking.
+        let one_less = format!("hard:{}", cols.saturating_sub(2).max(1));
+        v.push(cross_entropy_case(rows, cols, &one_less, Init::Normal(2.0)));
     }
     // Whole-number logits tie everywhere: hard:K must cut ties by index on both sides.
-    for &(rows, cols) in &[(7u32, 258u32), (768, 130)] {
+    for &(rows, cols) in &[(7u32, 258u32), (3, 1030), (768, 130)] {
         for spec in ["hard:5", "hard:3+counterpart", "hard:20+margin:1"] {
             v.push(cross_entropy_case(rows, cols, spec, Init::Steps(4)));
         }

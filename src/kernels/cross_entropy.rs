@@ -56,7 +56,7 @@ pub fn twin(t: usize, base: usize) -> usize {
     }
 }
 
-/// The kept set of one row, as the shader defines it (sort-based here, radix select there).
+/// The kept set of one row, as the shader defines it (a sort here, rank counting there).
 pub fn kept(logits: &[f32], t: usize, keep: &Keep) -> Vec<bool> {
     let lt = logits[t];
     let tw = keep.counterpart.map(|v| twin(t, v as usize));
