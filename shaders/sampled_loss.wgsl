@@ -8,7 +8,7 @@
 // cdf[cols - 1] = 2^31, so a token is drawn with probability (cdf[j] - cdf[j-1]) / 2^31.
 // A slot that draws the target is skipped (word2vec's rule): it adds no loss and no gradient.
 //   losses[r]     = softplus(-l_t) + sum_{k: n_k != t} softplus(l_{n_k})
-//                 = -log σ(l_t) - sum_k log σ(-l_{n_k})
+//                 = -log σ(l_t) - sum_{k: n_k != t} log σ(-l_{n_k})
 //   dlogits[r, t] = -σ(-l_t) * scale                   (= (σ(l_t) - 1) * scale)
 //   dlogits[r, j] = c_j * σ(l_j) * scale,  c_j = #{k : n_k = j != t}   (a repeat counts again)
 // so every logit that was not drawn gets exactly 0. softplus(x) = max(x, 0) + log1p(e^-|x|).
