@@ -74,13 +74,17 @@ fn sum_squares(
 
 @compute @workgroup_size(32)
 fn sum_squares_lanes(@builtin(local_invocation_index) k: u32) {
+    // Each 256-element chunk is summed on its own, then the chunk sums: one running f32
+    // total over a big tensor would lose digits.
     var acc = 0.0;
     for (var chunk = k * 256u; chunk < p.n; chunk += 32u * 256u) {
         let end = min(chunk + 256u, p.n);
+        var part = 0.0;
         for (var i = chunk; i < end; i++) {
             let x = g[i];
-            acc += x * x;
+            part += x * x;
         }
+        acc += part;
     }
     partials[p.slot + k] = acc;
 }

@@ -7,8 +7,9 @@
 // fwd      (element kernel, one invocation per element of x):
 //            x[b, t, c] = wte[idx[b, t], c] + wpe[t, c]
 // bwd_wte  (one workgroup of 64 per (vocabulary row v, 64-column chunk)):
-//            dwte[v, c] = base + sum over positions n = b*T + t in increasing order with
-//                         idx[n] == v of dx[n, c]
+//            dwte[v, c] = base + sum over positions n = b*T + t in [pos0, pos1), in
+//                         increasing order, with idx[n] == v of dx[n, c]
+//            (the host splits long batches into several such dispatches)
 //            base = dwte[v, c] when p.accumulate != 0 (the tied head wrote its part), else 0.
 //            Rows of tokens that never occur get exactly base. f32 accumulation, fixed order.
 // bwd_wpe  (element kernel, one invocation per (t, c) with t < T):
@@ -26,6 +27,10 @@ struct Params {
     c: u32,
     v: u32,
     accumulate: u32,
+    // bwd_wte*: the positions [pos0, pos1) this dispatch sums (long batches are split so
+    // that no loop runs past what every adapter allows).
+    pos0: u32,
+    pos1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -69,11 +74,11 @@ fn bwd_wte(
     }
     let v = r / chunks;
     let col = (r % chunks) * WTE_COLS + lid.x;
-    let npos = p.b * p.t;
+    let npos = p.pos1;
     var acc = 0.0;
     // The ids are staged through workgroup memory, 64 positions at a time; every lane then
     // scans the same tile in order, so the summation order is the position order.
-    for (var s = 0u; s < npos; s += WTE_COLS) {
+    for (var s = p.pos0; s < npos; s += WTE_COLS) {
         workgroupBarrier();
         let n = s + lid.x;
         tile[lid.x] = select(0xffffffffu, idx[min(n, npos - 1u)], n < npos);
@@ -112,7 +117,7 @@ fn bwd_wte_cols(
             dwte[v * p.c + col] = 0.0;
         }
     }
-    for (var n = 0u; n < p.b * p.t; n++) {
+    for (var n = p.pos0; n < p.pos1; n++) {
         let o = idx[n] * p.c + col;
         dwte[o] = dwte[o] + dx[n * p.c + col];
     }

@@ -21,7 +21,8 @@
 //
 // On CPU-like adapters, where barriers are expensive, the `_rows` entry points give one
 // invocation a whole row (64 rows per workgroup, sums in column order) and
-// layernorm_bwd_dw_cols one invocation a whole column (sum in row order); same contracts.
+// layernorm_bwd_dw_cols one invocation a whole column (sums of 64-row blocks, in row order,
+// then of the blocks); same contracts.
 
 struct Params {
     rows: u32,
@@ -323,10 +324,16 @@ fn layernorm_bwd_dw_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     if col >= p.cols {
         return;
     }
+    // Blocks of 64 rows are summed first, then the block sums: a long column summed
+    // straight into one f32 would lose digits with every row.
     var acc = 0.0;
-    for (var r = 0u; r < p.rows; r++) {
-        let i = r * p.cols + col;
-        acc += dy[i] * ((x[i] - mean[r]) * rstd[r]);
+    for (var r0 = 0u; r0 < p.rows; r0 += 64u) {
+        var block = 0.0;
+        for (var r = r0; r < min(r0 + 64u, p.rows); r++) {
+            let i = r * p.cols + col;
+            block += dy[i] * ((x[i] - mean[r]) * rstd[r]);
+        }
+        acc += block;
     }
     dw[col] = acc;
 }

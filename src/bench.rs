@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::kernels::{matmul, Op};
+use crate::loss::Loss;
 use crate::model::{init_params, Gpt, GptConfig, OptConfig};
 use crate::rng::Rng;
 use crate::runtime::{Backend, CpuBackend, Dtype, GpuBackend, KernelTime};
@@ -34,7 +35,7 @@ pub const MODEL_SHAPES: &[(&str, [u32; 3], bool, bool)] = &[
 #[derive(Clone, Debug)]
 pub struct Options {
     pub configs: Vec<String>,
-    /// Loss names as reported: `plain` or `margin:M`.
+    /// Losses by their `--loss` spelling.
     pub losses: Vec<String>,
     pub warmup: usize,
     /// Timed steps per (config, loss), at most; fewer when `max_seconds` runs out.
@@ -130,17 +131,6 @@ fn layout_name(ta: bool, tb: bool) -> String {
         if ta { "ᵀ" } else { "" },
         if tb { "ᵀ" } else { "" }
     )
-}
-
-/// Parses `plain` or `margin:M` (M >= 0).
-pub fn parse_loss(s: &str) -> Result<Option<f32>> {
-    if s == "plain" {
-        return Ok(None);
-    }
-    match s.strip_prefix("margin:").map(str::parse::<f32>) {
-        Some(Ok(m)) if m.is_finite() && m >= 0.0 => Ok(Some(m)),
-        _ => bail!("unknown loss '{s}' for bench: use plain or margin:M with M >= 0"),
-    }
 }
 
 /// A model config by name, with the batch size it trains with.
@@ -274,12 +264,14 @@ fn bench_step(
     loss: &str,
     opts: &Options,
 ) -> Result<(Option<StepRow>, MemoryRow)> {
-    let margin = parse_loss(loss)?;
+    let loss_fn = Loss::parse(loss)?;
     let (cfg, batch) = named_config(config, 130)?;
     let be = b.be();
     let mark = be.mark();
     let before = be.allocated_bytes();
-    let model = Gpt::new(be, cfg, batch, margin, OptConfig::default())?;
+    let model = Gpt::new(be, cfg, batch, loss_fn, OptConfig::default())?;
+    // sampled:K draws from a noise table; uniform stands in for training counts here.
+    model.set_noise(be, &vec![1.0; cfg.vocab_size], 1)?;
     let held = be.allocated_bytes() - before;
     let p = cfg.num_params() as u64 * 4;
     let memory = MemoryRow {
@@ -354,7 +346,13 @@ fn bench_step(
 fn bench_profile(g: &mut GpuBackend) -> Result<(Vec<KernelRow>, bool)> {
     let (cfg, batch) = named_config("paper", 130)?;
     let mark = g.mark();
-    let model = Gpt::new(g, cfg, batch, Some(1.0), OptConfig::default())?;
+    let model = Gpt::new(
+        g,
+        cfg,
+        batch,
+        Loss::parse("margin:1")?,
+        OptConfig::default(),
+    )?;
     let mut rng = Rng::new(1);
     model.set_params(g, &init_params(&cfg, &mut rng))?;
     let x: Vec<u32> = (0..batch * cfg.block_size)

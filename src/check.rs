@@ -8,7 +8,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::kernels::Target;
-use crate::kernels::{adamw, attention, embedding, matmul, Op};
+use crate::kernels::{adamw, attention, embedding, matmul, sampled_loss, Op};
+use crate::loss::Loss;
 use crate::rng::Rng;
 use crate::runtime::{Backend, Buf, CpuBackend, Dtype, GpuBackend};
 
@@ -24,6 +25,10 @@ pub enum Init {
     Tokens(u32),
     /// A constant.
     Fill(f32),
+    /// Whole numbers in [0, n) as f32: many exact ties.
+    Steps(u32),
+    /// A `sampled_loss::cdf` table over `len` tokens with skewed random weights, ~20% zero.
+    NoiseCdf,
 }
 
 pub struct BufSpec {
@@ -202,6 +207,54 @@ fn strided_case(variant: &'static str, s: matmul::Shape, shape: String) -> Case 
     }
 }
 
+/// The fused loss with the kept set `spec` spells (a `--loss` softmax form), and its mean.
+fn cross_entropy_case(rows: u32, cols: u32, spec: &str, logits: Init) -> Case {
+    let keep = Loss::parse(spec)
+        .and_then(|l| l.keep(cols as usize))
+        .expect("a valid softmax-family loss")
+        .expect("not sampled");
+    let n = (rows * cols) as usize;
+    Case {
+        op: "cross_entropy fwd+bwd",
+        shape: format!(
+            "[{rows}x{cols}] {spec}{}",
+            if matches!(logits, Init::Steps(_)) {
+                " ties"
+            } else {
+                ""
+            }
+        ),
+        bufs: vec![
+            f("logits", n, logits),
+            u("targets", rows as usize, Init::Tokens(cols)),
+            out("losses", rows as usize),
+            out("dlogits", n),
+            out("mean", 1),
+        ],
+        ops: Box::new(move |b| {
+            vec![
+                Op::CrossEntropy {
+                    rows,
+                    cols,
+                    keep,
+                    scale: 1.0 / rows as f32,
+                    logits: b[0],
+                    targets: b[1],
+                    losses: b[2],
+                    dlogits: b[3],
+                },
+                Op::Mean {
+                    n: rows,
+                    x: b[2],
+                    out: b[4],
+                },
+            ]
+        }),
+        outputs: vec![2, 3, 4],
+        tol: 2e-5,
+    }
+}
+
 /// The fixed shape set: odd sizes plus the paper model's (B=12, T=64, C=128, 4 heads, V=130).
 pub fn cases() -> Vec<Case> {
     let mut v = Vec::new();
@@ -226,6 +279,8 @@ pub fn cases() -> Vec<Case> {
         v.push(matmul_case(d, [1, 512, 128, 768], [true, false, false])); // c_fc weight grad
         v.push(matmul_case(d, [1, 768, 128, 512], [false, false, true])); // c_proj input grad
         v.push(matmul_case(d, [1, 65, 130, 257], [true, true, true]));
+        // k past LOOP_LIMIT: split into dispatches that accumulate
+        v.push(matmul_case(d, [1, 3, 5, 40_000], [true, false, false]));
     }
 
     for &(rows, cols) in &[(1u32, 1u32), (3, 17), (5, 257), (768, 130)] {
@@ -286,39 +341,87 @@ pub fn cases() -> Vec<Case> {
                 outputs: vec![2],
                 tol: 0.0,
             });
-            v.push(Case {
-                op: "cross_entropy fwd+bwd",
-                shape: format!("[{rows}x{cols}] m={mtxt}"),
-                bufs: vec![
-                    f("logits", n, Init::Normal(2.0)),
-                    u("targets", rows as usize, Init::Tokens(cols)),
-                    out("losses", rows as usize),
-                    out("dlogits", n),
-                    out("mean", 1),
-                ],
-                ops: Box::new(move |b| {
-                    vec![
-                        Op::CrossEntropy {
-                            rows,
-                            cols,
-                            margin,
-                            scale: 1.0 / rows as f32,
-                            logits: b[0],
-                            targets: b[1],
-                            losses: b[2],
-                            dlogits: b[3],
-                        },
-                        Op::Mean {
-                            n: rows,
-                            x: b[2],
-                            out: b[4],
-                        },
-                    ]
-                }),
-                outputs: vec![2, 3, 4],
-                tol: 2e-5,
-            });
         }
+    }
+
+    // Every kept-set mode of the fused loss; counterpart needs an even (two-alphabet) vocab.
+    for &(rows, cols) in &[(3u32, 17u32), (5, 34), (7, 257), (2, 1030), (768, 130)] {
+        for spec in [
+            "plain",
+            "margin:0",
+            "margin:0.5",
+            "margin:2",
+            "margin:8",
+            "hard:1",
+            "hard:5",
+            "hard:300",
+            "counterpart",
+            "counterpart+margin:1",
+            "hard:3+counterpart",
+            "hard:4+margin:1",
+        ] {
+            if spec.contains("counterpart") && !cols.is_multiple_of(2) {
+                continue;
+            }
+            v.push(cross_entropy_case(rows, cols, spec, Init::Normal(2.0)));
+        }
+        // Drops exactly one non-target: the last K that needs ranking.
+        let one_less = format!("hard:{}", cols.saturating_sub(2).max(1));
+        v.push(cross_entropy_case(rows, cols, &one_less, Init::Normal(2.0)));
+    }
+    // Whole-number logits tie everywhere: hard:K must cut ties by index on both sides.
+    for &(rows, cols) in &[(7u32, 258u32), (3, 1030), (768, 130)] {
+        for spec in ["hard:5", "hard:3+counterpart", "hard:20+margin:1"] {
+            v.push(cross_entropy_case(rows, cols, spec, Init::Steps(4)));
+        }
+    }
+
+    for &(rows, cols, k) in &[
+        (1u32, 1u32, 3u32),
+        (3, 17, 1),
+        (5, 34, 5),
+        (2, 9, sampled_loss::MAX_K),
+        (7, 257, 20),
+        (768, 130, 5),
+        (768, 130, 64),
+    ] {
+        let n = (rows * cols) as usize;
+        v.push(Case {
+            op: "sampled_loss fwd+bwd",
+            shape: format!("[{rows}x{cols}] sampled:{k}"),
+            bufs: vec![
+                f("logits", n, Init::Normal(2.0)),
+                u("targets", rows as usize, Init::Tokens(cols)),
+                u("cdf", cols as usize, Init::NoiseCdf),
+                u("seeds", 2, Init::Tokens(u32::MAX)),
+                out("losses", rows as usize),
+                out("dlogits", n),
+                out("mean", 1),
+            ],
+            ops: Box::new(move |b| {
+                vec![
+                    Op::SampledLoss {
+                        rows,
+                        cols,
+                        k,
+                        scale: 1.0 / rows as f32,
+                        logits: b[0],
+                        targets: b[1],
+                        cdf: b[2],
+                        seeds: b[3],
+                        losses: b[4],
+                        dlogits: b[5],
+                    },
+                    Op::Mean {
+                        n: rows,
+                        x: b[4],
+                        out: b[6],
+                    },
+                ]
+            }),
+            outputs: vec![4, 5, 6],
+            tol: 2e-5,
+        });
     }
 
     for &(rows, cols) in &[(1u32, 1u32), (3, 17), (5, 65), (768, 128)] {
@@ -463,7 +566,12 @@ pub fn cases() -> Vec<Case> {
         });
     }
 
-    for &(bb, t, c, vv) in &[(1u32, 1u32, 1u32, 2u32), (2, 5, 7, 13), (12, 64, 128, 130)] {
+    for &(bb, t, c, vv) in &[
+        (1u32, 1u32, 1u32, 2u32),
+        (2, 5, 7, 13),
+        (12, 64, 128, 130),
+        (3, 7000, 3, 5), // more positions than one dispatch's loop may run
+    ] {
         let s = embedding::Shape { b: bb, t, c, v: vv };
         let (bu, tu, cu, vu) = (bb as usize, t as usize, c as usize, vv as usize);
         for accumulate in [false, true] {
@@ -626,6 +734,22 @@ fn setup(be: &mut dyn Backend, case: &Case, seed: u64) -> Result<Vec<Buf>> {
                     .collect();
                 be.write_u32(b, &data);
             }
+            (Init::NoiseCdf, _) => {
+                let mut w: Vec<f64> = (0..spec.len)
+                    .map(|_| {
+                        let x = rng.uniform();
+                        if rng.uniform() < 0.2 {
+                            0.0
+                        } else {
+                            x * x * x
+                        }
+                    })
+                    .collect();
+                if w.iter().all(|&x| x == 0.0) {
+                    w[0] = 1.0;
+                }
+                be.write_u32(b, &sampled_loss::cdf(&w));
+            }
             (init, _) => {
                 let data: Vec<f32> = (0..spec.len)
                     .map(|_| match init {
@@ -633,7 +757,8 @@ fn setup(be: &mut dyn Backend, case: &Case, seed: u64) -> Result<Vec<Buf>> {
                         Init::Normal(s) => rng.normal() as f32 * s,
                         Init::Uniform(lo, hi) => lo + (hi - lo) * rng.uniform() as f32,
                         Init::Fill(x) => x,
-                        Init::Tokens(_) => unreachable!(),
+                        Init::Steps(n) => rng.below(n as usize) as f32,
+                        Init::Tokens(_) | Init::NoiseCdf => unreachable!(),
                     })
                     .collect();
                 be.write_f32(b, &data);

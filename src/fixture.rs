@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 
 use crate::check::Row;
 use crate::checkpoint::{self, TensorFile};
+use crate::loss::Loss;
 use crate::model::{param_specs, Gpt, GptConfig, OptConfig};
 use crate::runtime::Backend;
 
@@ -129,7 +130,13 @@ pub fn check_fixture(be: &mut dyn Backend, dir: &Path) -> Result<Vec<Row>> {
     let (b, t, v) = (fx.batch, fx.cfg.block_size, fx.cfg.vocab_size);
 
     for (tag, margin) in [("plain", None), ("margin", Some(fx.margin))] {
-        let model = Gpt::new(be, fx.cfg, fx.batch, margin, fx.opt)?;
+        let model = Gpt::new(
+            be,
+            fx.cfg,
+            fx.batch,
+            Loss::PLAIN.with_margin(margin)?,
+            fx.opt,
+        )?;
         model.set_params(be, &fx.params)?;
         model.set_batch(be, &fx.x, &fx.y);
         be.run(&[model.forward, model.backward])?;

@@ -10,6 +10,7 @@ pub mod data;
 pub mod fixture;
 pub mod gpu;
 pub mod kernels;
+pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod plot;

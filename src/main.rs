@@ -12,6 +12,7 @@ use selfish::bench;
 use selfish::check;
 use selfish::data::{self, Dataset};
 use selfish::gpu;
+use selfish::loss::Loss;
 use selfish::model::GptConfig;
 use selfish::runtime::{open_backend, Backend, GpuBackend};
 use selfish::train::{self, TrainConfig};
@@ -168,9 +169,12 @@ enum Cmd {
         /// Text file to train on (default: tiny Shakespeare, downloaded to data/ when missing).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Threshold margin (a number >= 0), or `off` for plain cross-entropy.
+        /// Threshold margin (a number >= 0), or `off`; combines with --loss (e.g. counterpart).
         #[arg(long, default_value = "off", allow_hyphen_values = true)]
         margin: String,
+        /// plain, margin:M, hard:K, counterpart, sampled:K, or a '+' mix such as hard:8+counterpart.
+        #[arg(long, default_value = "plain")]
+        loss: String,
         #[arg(long, default_value_t = 8000, value_parser = args::steps)]
         steps: u64,
         #[arg(long, default_value_t = 1e-3)]
@@ -251,7 +255,7 @@ enum Cmd {
         /// Model configs to time a training step of.
         #[arg(long, value_delimiter = ',', default_value = "paper,large")]
         configs: Vec<String>,
-        /// Losses to time: plain, margin:M.
+        /// Losses to time, as --loss spells them.
         #[arg(long, value_delimiter = ',', default_value = "plain,margin:1")]
         losses: Vec<String>,
         /// Timed steps per config and loss (fewer when --max-seconds runs out).
@@ -351,6 +355,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             model,
             data,
             margin,
+            loss,
             steps,
             lr,
             min_lr,
@@ -374,7 +379,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 lr,
                 min_lr,
                 warmup,
-                margin: parse_margin(&margin)?,
+                loss: Loss::parse(&loss)?.with_margin(parse_margin(&margin)?)?,
                 low_resource_prob,
                 seed,
                 eval_interval,
@@ -390,9 +395,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 be.name(),
                 cfg.num_params(),
                 steps,
-                tc.margin.map_or("plain cross-entropy".into(), |m| format!(
-                    "threshold, margin {m}"
-                ))
+                tc.loss
             );
             let s = train::train(be.as_mut(), &dataset, &tc, &out, resume, true)?;
             if s.interrupted && s.step == 0 {
@@ -477,7 +480,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &mut gpu,
                 cfg,
                 batch,
-                None,
+                selfish::loss::Loss::PLAIN,
                 selfish::model::OptConfig::default(),
             )?;
             gpu.release(mark);
@@ -523,7 +526,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 profile: !no_profile,
             };
             for l in &opts.losses {
-                bench::parse_loss(l)?;
+                selfish::loss::Loss::parse(l)?;
             }
             for c in &opts.configs {
                 bench::named_config(c, 130)?;
@@ -684,7 +687,7 @@ fn check_kernels(
         }
     }
     if rows.is_empty() {
-        anyhow::bail!("no kernel matches --op {}: try matmul, softmax, threshold, cross_entropy, layernorm, gelu, attention, embedding, residual or adamw", only.unwrap_or(""));
+        anyhow::bail!("no kernel matches --op {}: try matmul, softmax, threshold, cross_entropy, sampled, layernorm, gelu, attention, embedding, residual or adamw", only.unwrap_or(""));
     }
     let failed = rows.iter().filter(|r| !r.ok).count();
     if json {

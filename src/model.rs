@@ -11,7 +11,9 @@
 
 use anyhow::{bail, Result};
 
-use crate::kernels::{adamw, attention, embedding, matmul, Op};
+use crate::kernels::cross_entropy::Keep;
+use crate::kernels::{adamw, attention, embedding, matmul, sampled_loss, Op};
+use crate::loss::Loss;
 use crate::rng::Rng;
 use crate::runtime::{Backend, Buf, Dtype, Mark, Seq};
 
@@ -306,10 +308,14 @@ pub struct Gpt {
     /// Plain cross-entropy of the current logits (needs `forward` first).
     pub eval_loss: Seq,
     pub opt: OptConfig,
+    pub loss_fn: Loss,
+    /// `sampled:K` only: the noise table (u32 [V], see `sampled_loss::cdf`; uniform until
+    /// `set_noise`) and the draw seeds (u32 `[step, run seed]`).
+    pub noise: Option<(Buf, Buf)>,
 }
 
 impl Gpt {
-    /// Allocates everything and compiles the sequences. `margin` selects the threshold loss.
+    /// Allocates everything and compiles the sequences; `loss_fn` is the training loss.
     ///
     /// Every buffer is sized and checked against the backend's limits first, so a model that
     /// cannot fit fails with the limit, the sizes and what to change, before any memory is
@@ -318,23 +324,23 @@ impl Gpt {
         be: &mut dyn Backend,
         cfg: GptConfig,
         batch: usize,
-        margin: Option<f32>,
+        loss_fn: Loss,
         opt: OptConfig,
     ) -> Result<Gpt> {
         cfg.validate()?;
         if batch == 0 {
             bail!("batch_size must be at least 1 (got 0): pass a positive --batch-size");
         }
-        let plan = buffer_plan(&cfg, margin, opt)?;
+        let plan = buffer_plan(&cfg, loss_fn, opt)?;
         check_fits(&plan, batch, be)?;
-        Gpt::build(be, cfg, batch, margin, opt)
+        Gpt::build(be, cfg, batch, loss_fn, opt)
     }
 
     fn build(
         be: &mut dyn Backend,
         cfg: GptConfig,
         batch: usize,
-        margin: Option<f32>,
+        loss_fn: Loss,
         opt: OptConfig,
     ) -> Result<Gpt> {
         let specs = param_specs(&cfg);
@@ -346,6 +352,7 @@ impl Gpt {
             cfg.n_head,
         );
         let bt = b * t;
+        let keep = loss_fn.keep(v)?;
         let f32b = |be: &mut dyn Backend, label: &str, n: usize| be.alloc(label, n, Dtype::F32);
 
         let mut params = Vec::new();
@@ -406,6 +413,14 @@ impl Gpt {
         )?;
         let norm = f32b(be, "norm", 2)?;
         let step_scalars = f32b(be, "step scalars", 4)?;
+        let noise = match loss_fn.sampled {
+            Some(_) => {
+                let cdf = be.alloc("noise cdf", v, Dtype::U32)?;
+                be.write_u32(cdf, &sampled_loss::cdf(&vec![1.0; v]));
+                Some((cdf, be.alloc("noise seeds", 2, Dtype::U32)?))
+            }
+            None => None,
+        };
 
         let (bt32, c32, t32, v32) = (bt as u32, c as u32, t as u32, v as u32);
         // y[bt, out] = x[bt, in] · W[out, in]ᵀ
@@ -520,15 +535,30 @@ impl Gpt {
 
         // ---- loss and backward, in reverse
         let mut bwd = vec![
-            Op::CrossEntropy {
-                rows: bt32,
-                cols: v32,
-                margin,
-                scale: 1.0 / bt as f32,
-                logits,
-                targets,
-                losses,
-                dlogits,
+            match (keep, loss_fn.sampled, noise) {
+                (Some(keep), ..) => Op::CrossEntropy {
+                    rows: bt32,
+                    cols: v32,
+                    keep,
+                    scale: 1.0 / bt as f32,
+                    logits,
+                    targets,
+                    losses,
+                    dlogits,
+                },
+                (None, Some(k), Some((cdf, seeds))) => Op::SampledLoss {
+                    rows: bt32,
+                    cols: v32,
+                    k,
+                    scale: 1.0 / bt as f32,
+                    logits,
+                    targets,
+                    cdf,
+                    seeds,
+                    losses,
+                    dlogits,
+                },
+                _ => unreachable!("Loss::keep is None only for sampled:K, which has noise"),
             },
             Op::Mean {
                 n: bt32,
@@ -677,7 +707,7 @@ impl Gpt {
             Op::CrossEntropy {
                 rows: bt32,
                 cols: v32,
-                margin: None,
+                keep: Keep::default(),
                 scale: 1.0 / bt as f32,
                 logits,
                 targets,
@@ -717,6 +747,8 @@ impl Gpt {
             optimize,
             eval_loss,
             opt,
+            loss_fn,
+            noise,
         })
     }
 
@@ -759,6 +791,28 @@ impl Gpt {
         let bc1 = 1.0 - (self.opt.beta1 as f64).powf(t as f64);
         let bc2 = 1.0 - (self.opt.beta2 as f64).powf(t as f64);
         be.write_f32(self.step_scalars, &[lr, bc1 as f32, bc2.sqrt() as f32, 0.0]);
+        if let Some((_, seeds)) = self.noise {
+            // Word 0 only: the run seed in word 1 stays.
+            be.write_u32(seeds, &[t as u32]);
+        }
+    }
+
+    /// `sampled:K`: the noise distribution (weights over the vocabulary, see
+    /// `loss::noise_weights`) and the run seed the draws hash with. A no-op for other losses.
+    pub fn set_noise(&self, be: &mut dyn Backend, weights: &[f64], seed: u64) -> Result<()> {
+        let Some((cdf, seeds)) = self.noise else {
+            return Ok(());
+        };
+        if weights.len() != self.cfg.vocab_size {
+            bail!(
+                "noise weights cover {} tokens, the model {}",
+                weights.len(),
+                self.cfg.vocab_size
+            );
+        }
+        be.write_u32(cdf, &sampled_loss::cdf(weights));
+        be.write_u32(seeds, &[0, (seed ^ (seed >> 32)) as u32]);
+        Ok(())
     }
 
     /// One full training step (forward, loss, backward, clip, AdamW) as one submission.
@@ -829,16 +883,12 @@ impl Backend for Sizer {
 /// Every buffer `Gpt::new` allocates, as a function of the batch size. Measured by running
 /// the constructor on a recording backend at batch 1 and 2 (every buffer is affine in the
 /// batch), so it cannot drift from what the constructor really allocates.
-pub fn buffer_plan(
-    cfg: &GptConfig,
-    margin: Option<f32>,
-    opt: OptConfig,
-) -> Result<Vec<BufferNeed>> {
+pub fn buffer_plan(cfg: &GptConfig, loss_fn: Loss, opt: OptConfig) -> Result<Vec<BufferNeed>> {
     cfg.validate()?;
     let mut one = Sizer::default();
-    Gpt::build(&mut one, *cfg, 1, margin, opt)?;
+    Gpt::build(&mut one, *cfg, 1, loss_fn, opt)?;
     let mut two = Sizer::default();
-    Gpt::build(&mut two, *cfg, 2, margin, opt)?;
+    Gpt::build(&mut two, *cfg, 2, loss_fn, opt)?;
     Ok(one
         .bufs
         .into_iter()
@@ -980,10 +1030,22 @@ mod tests {
 
     #[test]
     fn plan_matches_what_the_constructor_allocates() {
-        let plan = buffer_plan(&cfg(), Some(1.0), OptConfig::default()).unwrap();
+        let plan = buffer_plan(
+            &cfg(),
+            Loss::parse("margin:1").unwrap(),
+            OptConfig::default(),
+        )
+        .unwrap();
         for batch in [1, 3, 7] {
             let mut s = Sizer::default();
-            Gpt::build(&mut s, cfg(), batch, Some(1.0), OptConfig::default()).unwrap();
+            Gpt::build(
+                &mut s,
+                cfg(),
+                batch,
+                Loss::parse("margin:1").unwrap(),
+                OptConfig::default(),
+            )
+            .unwrap();
             assert_eq!(s.bufs.len(), plan.len());
             for ((label, len), need) in s.bufs.iter().zip(&plan) {
                 assert_eq!(label, &need.label);
@@ -998,7 +1060,7 @@ mod tests {
 
     #[test]
     fn fits_says_which_limit_and_a_batch_that_fits() {
-        let plan = buffer_plan(&cfg(), None, OptConfig::default()).unwrap();
+        let plan = buffer_plan(&cfg(), Loss::PLAIN, OptConfig::default()).unwrap();
         let be = Limited {
             cap: Some(1 << 20),
             budget: None,

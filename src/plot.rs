@@ -120,9 +120,7 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing a chart failed: {e}");
     root.fill(&WHITE).map_err(err)?;
-    let root = root
-        .titled(title, ("sans-serif", 22))
-        .map_err(err)?;
+    let root = root.titled(title, ("sans-serif", 22)).map_err(err)?;
     let rows = panels.len().div_ceil(cols).max(1);
     for (area, panel) in root.split_evenly((rows, cols)).iter().zip(panels) {
         draw_panel(area, panel).map_err(err)?;
@@ -177,7 +175,12 @@ fn draw_panel<DB: DrawingBackend>(
         .map(|(x, y)| (tf(p.log_x, x), tf(p.log_y, y)))
         .collect();
     let (mut x0, mut x1, mut y0, mut y1) = pts.iter().fold(
-        (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY),
+        (
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ),
         |(a, b, c, d), &(x, y)| (a.min(x), b.max(x), c.min(y), d.max(y)),
     );
     if !x0.is_finite() {
@@ -221,12 +224,9 @@ fn draw_panel<DB: DrawingBackend>(
             .collect();
         let anno = match s.mark {
             Mark::Line => chart.draw_series(LineSeries::new(data, c.stroke_width(2)))?,
-            Mark::Dashed => chart.draw_series(DashedLineSeries::new(
-                data,
-                6,
-                4,
-                c.stroke_width(2),
-            ))?,
+            Mark::Dashed => {
+                chart.draw_series(DashedLineSeries::new(data, 6, 4, c.stroke_width(2)))?
+            }
             Mark::Dots => chart.draw_series(
                 data.into_iter()
                     .map(|xy| Circle::new(xy, 3, c.mix(0.7).filled())),
@@ -265,7 +265,9 @@ mod tests {
             series: vec![
                 Series {
                     name: "plain".into(),
-                    points: (1..=200).map(|k| (k as f64 / 100.0, 5.0 + 1.0 / k as f64)).collect(),
+                    points: (1..=200)
+                        .map(|k| (k as f64 / 100.0, 5.0 + 1.0 / k as f64))
+                        .collect(),
                     mark: Mark::Line,
                     color: 0,
                 },

@@ -43,12 +43,18 @@ pub trait Backend {
     fn run(&mut self, seqs: &[Seq]) -> Result<()>;
     /// Waits for queued work (a no-op on the CPU).
     fn finish(&mut self) -> Result<()>;
-    /// Bytes this backend holds for buffers (and, on the GPU, dispatch uniforms).
-    fn allocated_bytes(&self) -> u64;
+    /// Bytes this backend holds for buffers (and, on the GPU, dispatch uniforms); 0 where
+    /// it does not count.
+    fn allocated_bytes(&self) -> u64 {
+        0
+    }
     /// A point to return to with [`Backend::release`].
-    fn mark(&self) -> Mark;
-    /// Frees every buffer and sequence made after `m`; their handles become invalid.
-    fn release(&mut self, m: Mark);
+    fn mark(&self) -> Mark {
+        Mark { bufs: 0, seqs: 0 }
+    }
+    /// Frees every buffer and sequence made after `m`; their handles become invalid. A
+    /// backend that cannot free keeps everything.
+    fn release(&mut self, _m: Mark) {}
     /// The largest single buffer in bytes, and the limit that sets it; `None`: no such limit.
     fn max_buffer_bytes(&self) -> Option<(u64, String)> {
         None
@@ -59,14 +65,12 @@ pub trait Backend {
     }
 }
 
-
 /// Counts of buffers and sequences at some moment; see [`Backend::mark`].
 #[derive(Clone, Copy, Debug)]
 pub struct Mark {
     pub bufs: usize,
     pub seqs: usize,
 }
-
 
 /// Host memory available to a new allocation (Linux `MemAvailable`), so a model too big for
 /// the machine is refused with a message instead of being killed by the OOM killer.

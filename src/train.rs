@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{self, Tensor, TensorFile};
 use crate::data::{eval_windows, Dataset, Vocab};
+use crate::loss::{noise_weights, Loss};
 use crate::metrics::{sample_token, LangMetrics, MetricsAcc};
 use crate::model::{init_params, param_specs, Gpt, GptConfig, OptConfig, ParamSpec};
 use crate::rng::Rng;
@@ -31,8 +32,8 @@ pub struct TrainConfig {
     pub lr: f32,
     pub min_lr: f32,
     pub warmup: u64,
-    /// `None`: plain cross-entropy.
-    pub margin: Option<f32>,
+    /// The training loss (validation always reports plain cross-entropy).
+    pub loss: Loss,
     pub low_resource_prob: f64,
     pub seed: u64,
     pub eval_interval: u64,
@@ -141,7 +142,9 @@ fn params_file(
 /// Parameters under nanoGPT's names plus the metadata `eval` and PyTorch need.
 pub fn model_file(model: &Gpt, be: &mut dyn Backend, vocab: &Vocab) -> Result<TensorFile> {
     let values = model.read_all(be, &model.params)?;
-    Ok(params_file(&model.specs, values, &model.cfg, vocab))
+    let mut f = params_file(&model.specs, values, &model.cfg, vocab);
+    f.set_meta("loss", model.loss_fn);
+    Ok(f)
 }
 
 /// Configuration, alphabet and parameters of a model or state file, each checked against
@@ -211,6 +214,7 @@ fn save_checkpoint(
     checkpoint::save(&state_path(dir), &st)?;
     let mut m = params_file(&model.specs, values, &model.cfg, vocab);
     m.set_meta("step", step);
+    m.set_meta("loss", model.loss_fn);
     checkpoint::save(&model_path(dir), &m)
 }
 
@@ -258,6 +262,17 @@ fn check_resumable(st: &TensorFile, data: &Dataset, cfg: &TrainConfig, out: &Pat
             diff.join(", ")
         );
     }
+    let saved: serde_json::Value =
+        serde_json::from_str(st.meta("train_config")?).unwrap_or_default();
+    if let Some(was) = saved.get("loss").and_then(|l| l.as_str()) {
+        if was != cfg.loss.to_string() {
+            bail!(
+                "cannot resume '{}': the checkpoint was trained with --loss {was}, not {}: resume with the same loss, or pass another --out",
+                out.display(),
+                cfg.loss
+            );
+        }
+    }
     let step = st.meta_usize("step")? as u64;
     if step > cfg.steps {
         bail!(
@@ -283,6 +298,7 @@ pub fn preflight(data: &Dataset, cfg: &TrainConfig, out: &Path, resume: bool) ->
         );
     }
     data.check_sizes(cfg.model.block_size)?;
+    cfg.loss.check_data(data, cfg.model.vocab_size)?;
     let shown = out.display();
     if out.exists() && !out.is_dir() {
         bail!("--out '{shown}' is a file, not a folder: pass a folder for the checkpoints");
@@ -456,7 +472,7 @@ pub fn train(
         be,
         cfg.model,
         cfg.batch_size,
-        cfg.margin,
+        cfg.loss,
         OptConfig::default(),
     )?;
     fs::create_dir_all(out).map_err(|e| {
@@ -473,6 +489,7 @@ pub fn train(
     ] {
         let _ = fs::remove_file(out.join(name));
     }
+    model.set_noise(be, &noise_weights(data, cfg.model.vocab_size), cfg.seed)?;
     let mut data_rng = Rng::new(cfg.seed.wrapping_add(0x5e1f));
     let mut start = 0u64;
     if resume {
@@ -667,7 +684,7 @@ pub fn evaluate_language(model: &Gpt, be: &mut dyn Backend, tokens: &[u32]) -> R
 /// Builds a forward-only model from a checkpoint.
 pub fn load_for_inference(be: &mut dyn Backend, path: &Path, batch: usize) -> Result<(Gpt, Vocab)> {
     let (cfg, vocab, params) = load_model_file(path)?;
-    let model = Gpt::new(be, cfg, batch, None, OptConfig::default())?;
+    let model = Gpt::new(be, cfg, batch, Loss::PLAIN, OptConfig::default())?;
     model.set_params(be, &params)?;
     Ok((model, vocab))
 }

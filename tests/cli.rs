@@ -93,6 +93,8 @@ fn train_eval_sample_end_to_end() {
         "2",
         "--log-interval",
         "3",
+        "--loss",
+        "counterpart",
         "--margin",
         "1",
         "--out",
@@ -114,6 +116,13 @@ fn train_eval_sample_end_to_end() {
         "no validation loss logged: {metrics}"
     );
     assert!(out.join("model.safetensors").exists() && out.join("state.safetensors").exists());
+    // --loss and --margin combine, and the checkpoint says which loss trained it.
+    assert!(stderr.contains("loss counterpart+margin:1"), "{stderr}");
+    let meta = selfish::checkpoint::load(&out.join("model.safetensors")).unwrap();
+    assert_eq!(meta.meta("loss").unwrap(), "counterpart+margin:1");
+    let state = selfish::checkpoint::load(&out.join("state.safetensors")).unwrap();
+    let tc: serde_json::Value = serde_json::from_str(state.meta("train_config").unwrap()).unwrap();
+    assert_eq!(tc["loss"], "counterpart+margin:1");
 
     let ckpt = out.join("model.safetensors");
     let o = selfish(&[
@@ -180,6 +189,13 @@ fn train_eval_sample_end_to_end() {
         "shifted",
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
+
+    // Resuming under another loss would mix two objectives in one run.
+    let mut other = args.clone();
+    let i = other.iter().position(|&a| a == "counterpart").unwrap();
+    other[i] = "hard:4";
+    other.push("--resume");
+    assert_clean_error(&selfish(&other), "resume with the same loss");
 }
 
 #[test]
@@ -199,6 +215,33 @@ fn bad_input_gives_one_line_errors() {
     assert_clean_error(
         &selfish(&["train", "--data", d, "--margin", "NaN"]),
         "margin",
+    );
+    for (loss, needle) in [
+        ("hard:0", "K must be"),
+        ("sampled:x", "K must be"),
+        ("hinge", "unknown loss"),
+    ] {
+        assert_clean_error(&selfish(&["train", "--data", d, "--loss", loss]), needle);
+        assert_clean_error(
+            &selfish(&["train", "--data", d, "--loss", loss]),
+            "accepted forms: plain, margin:M, hard:K, counterpart, sampled:K",
+        );
+    }
+    assert_clean_error(
+        &selfish(&["train", "--data", d, "--loss", "sampled:4", "--margin", "1"]),
+        "drop --margin",
+    );
+    assert_clean_error(
+        &selfish(&[
+            "train",
+            "--data",
+            d,
+            "--loss",
+            "counterpart",
+            "--low-resource-prob",
+            "0",
+        ]),
+        "pass --low-resource-prob > 0",
     );
     assert_clean_error(
         &selfish(&["train", "--data", d, "--config", "huge"]),

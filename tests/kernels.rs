@@ -61,6 +61,11 @@ fn cross_entropy() {
 }
 
 #[test]
+fn sampled_loss() {
+    check_op("sampled_loss");
+}
+
+#[test]
 fn layernorm() {
     check_op("layernorm");
 }

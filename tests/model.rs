@@ -5,6 +5,7 @@ use std::path::Path;
 
 use selfish::data::Dataset;
 use selfish::fixture::check_fixture;
+use selfish::loss::Loss;
 use selfish::model::GptConfig;
 use selfish::rng::Rng;
 use selfish::runtime::{Backend, CpuBackend, GpuBackend};
@@ -67,7 +68,7 @@ pub fn synthetic_text(n: usize) -> String {
     s
 }
 
-fn tiny_config(data: &Dataset, steps: u64, margin: Option<f32>) -> TrainConfig {
+fn tiny_config(data: &Dataset, steps: u64, loss: &str) -> TrainConfig {
     TrainConfig {
         model: GptConfig {
             vocab_size: data.model_vocab(),
@@ -81,7 +82,7 @@ fn tiny_config(data: &Dataset, steps: u64, margin: Option<f32>) -> TrainConfig {
         lr: 1e-3,
         min_lr: 1e-4,
         warmup: 5,
-        margin,
+        loss: Loss::parse(loss).unwrap(),
         low_resource_prob: data.low_resource_prob,
         seed: 7,
         eval_interval: 0,
@@ -106,8 +107,14 @@ fn run(
 #[test]
 fn gpu_and_cpu_training_agree_over_20_steps() {
     let data = Dataset::from_text(&synthetic_text(20_000), 0.1).unwrap();
-    for margin in [None, Some(1.0)] {
-        let cfg = tiny_config(&data, 20, margin);
+    for loss in [
+        "plain",
+        "margin:1",
+        "hard:6",
+        "hard:4+counterpart+margin:3",
+        "sampled:8",
+    ] {
+        let cfg = tiny_config(&data, 20, loss);
         let dir = tempdir("agree");
         let g = run(&mut gpu(), &cfg, &data, &dir.join("gpu"), false);
         let c = run(&mut CpuBackend::new(), &cfg, &data, &dir.join("cpu"), false);
@@ -116,7 +123,7 @@ fn gpu_and_cpu_training_agree_over_20_steps() {
             let rel = ((a - b) / b).abs();
             assert!(
                 rel < 1e-4,
-                "margin {margin:?} step {s}: gpu {a} cpu {b} (rel {rel:.2e})"
+                "{loss} step {s}: gpu {a} cpu {b} (rel {rel:.2e})"
             );
         }
         assert!(g[19].1 < g[0].1, "loss did not fall: {g:?}");
@@ -126,20 +133,29 @@ fn gpu_and_cpu_training_agree_over_20_steps() {
 #[test]
 fn same_seed_same_losses_and_resume_is_exact() {
     let data = Dataset::from_text(&synthetic_text(20_000), 0.1).unwrap();
-    let dir = tempdir("resume");
-    let full_cfg = tiny_config(&data, 12, Some(2.0));
     let mut be = gpu();
-    let a = run(&mut be, &full_cfg, &data, &dir.join("a"), false);
-    let b = run(&mut be, &full_cfg, &data, &dir.join("b"), false);
-    assert_eq!(a, b, "same seed and config must give the same losses");
+    // sampled:K also checks that the negatives depend on (step, seed) only.
+    for loss in ["margin:2", "sampled:4"] {
+        let dir = tempdir(&format!("resume-{}", loss.replace(':', "")));
+        let full_cfg = tiny_config(&data, 12, loss);
+        let a = run(&mut be, &full_cfg, &data, &dir.join("a"), false);
+        let b = run(&mut be, &full_cfg, &data, &dir.join("b"), false);
+        assert_eq!(
+            a, b,
+            "{loss}: same seed and config must give the same losses"
+        );
 
-    // Stop after 6 steps (as if interrupted), then resume: the same 12 losses, bit for bit.
-    let mut first_cfg = full_cfg.clone();
-    first_cfg.stop_after = Some(6);
-    let mut resumed = run(&mut be, &first_cfg, &data, &dir.join("c"), false);
-    assert_eq!(resumed.len(), 6);
-    resumed.extend(run(&mut be, &full_cfg, &data, &dir.join("c"), true));
-    assert_eq!(resumed, a, "6 steps + resume 6 must equal 12 in one go");
+        // Stop after 6 steps (as if interrupted), then resume: the same 12 losses, bit for bit.
+        let mut first_cfg = full_cfg.clone();
+        first_cfg.stop_after = Some(6);
+        let mut resumed = run(&mut be, &first_cfg, &data, &dir.join("c"), false);
+        assert_eq!(resumed.len(), 6);
+        resumed.extend(run(&mut be, &full_cfg, &data, &dir.join("c"), true));
+        assert_eq!(
+            resumed, a,
+            "{loss}: 6 steps + resume 6 must equal 12 in one go"
+        );
+    }
 }
 
 fn tempdir(tag: &str) -> std::path::PathBuf {

@@ -45,7 +45,7 @@ fn tiny(data: &Dataset, steps: u64) -> TrainConfig {
         lr: 3e-3,
         min_lr: 1e-4,
         warmup: 10,
-        margin: Some(1.0),
+        loss: selfish::loss::Loss::parse("margin:1").unwrap(),
         low_resource_prob: data.low_resource_prob,
         seed: 11,
         eval_interval: 50,

@@ -44,7 +44,7 @@ fn run(be: &mut dyn Backend, margin: Option<f32>, seed: u64) -> (Vec<f32>, Vec<f
             Op::CrossEntropy {
                 rows,
                 cols,
-                margin,
+                keep: cross_entropy::Keep::from_margin(margin),
                 scale: 1.0 / rows as f32,
                 logits: l,
                 targets: t,
@@ -196,7 +196,8 @@ fn cpu_mask_rule_matches_definition() {
     let row = &logits[..COLS];
     let t = targets[0] as usize;
     let mut g = vec![0.0; COLS];
-    cross_entropy::row(row, t, Some(1.0), 1.0, Some(&mut g));
+    let keep = cross_entropy::Keep::from_margin(Some(1.0));
+    cross_entropy::row(row, t, &keep, 1.0, Some(&mut g));
     for j in 0..COLS {
         if out[j] == f32::NEG_INFINITY {
             assert_eq!(g[j], 0.0);

@@ -47,7 +47,8 @@ fn params(n: u32, slot: u32, clip: f32, h: Option<&Hyper>) -> Vec<u32> {
 /// `partials[slot + k]` = sum of `g[i]^2` over the `i < n` with `(i / 256) % SUMSQ_GROUPS == k`.
 /// CPU-like adapters get one workgroup whose invocations each own one partial.
 pub fn launch_sum_squares(t: &Target, n: u32, slot: u32, g: Buf, partials: Buf) -> Launch {
-    let (entry, groups) = if t.cpu_like {
+    // Each invocation of the lanes kernel loops over n / SUMSQ_GROUPS elements.
+    let (entry, groups) = if t.cpu_loop(n / SUMSQ_GROUPS) {
         ("sum_squares_lanes", [1, 1, 1])
     } else {
         ("sum_squares", [SUMSQ_GROUPS, 1, 1])

@@ -44,11 +44,10 @@ impl Shape {
 pub fn launch_fwd(t: &Target, s: &Shape, qkv: Buf, att: Buf, y: Buf) -> Vec<Launch> {
     if t.cpu_like {
         let p = Products::new(s);
-        return vec![
-            p.launch(t, p.scores, qkv, qkv, att),
-            rows_launch(s, "attention_softmax_rows", vec![(2, att)]),
-            p.launch(t, p.values, att, qkv, y),
-        ];
+        let mut v = p.launch(t, p.scores, qkv, qkv, att);
+        v.push(rows_launch(s, "attention_softmax_rows", vec![(2, att)]));
+        v.extend(p.launch(t, p.values, att, qkv, y));
+        return v;
     }
     vec![Launch {
         shader: "attention",
@@ -73,13 +72,16 @@ pub fn launch_bwd(
 ) -> Vec<Launch> {
     if t.cpu_like {
         let p = Products::new(s);
-        return vec![
-            p.launch(t, p.dp, dy, qkv, datt),
-            rows_launch(s, "attention_softmax_bwd_rows", vec![(2, att), (5, datt)]),
-            p.launch(t, p.dq, datt, qkv, dqkv),
-            p.launch(t, p.dk, datt, qkv, dqkv),
-            p.launch(t, p.dv, att, dy, dqkv),
-        ];
+        let mut v = p.launch(t, p.dp, dy, qkv, datt);
+        v.push(rows_launch(
+            s,
+            "attention_softmax_bwd_rows",
+            vec![(2, att), (5, datt)],
+        ));
+        v.extend(p.launch(t, p.dq, datt, qkv, dqkv));
+        v.extend(p.launch(t, p.dk, datt, qkv, dqkv));
+        v.extend(p.launch(t, p.dv, att, dy, dqkv));
+        return v;
     }
     let bufs = vec![(1, qkv), (2, att), (4, dy), (5, datt), (6, dqkv)];
     vec![
@@ -189,7 +191,7 @@ impl Products {
         }
     }
 
-    fn launch(&self, t: &Target, s: matmul::Shape, a: Buf, b: Buf, c: Buf) -> Launch {
+    fn launch(&self, t: &Target, s: matmul::Shape, a: Buf, b: Buf, c: Buf) -> Vec<Launch> {
         matmul::launch_variant(t.matmul_variant(&s), &s, a, b, c)
     }
 }

@@ -1,26 +1,105 @@
-//! Fused threshold + softmax + cross-entropy forward and backward; see
+//! Fused kept-set + softmax + cross-entropy forward and backward; see
 //! `shaders/cross_entropy.wgsl`.
 
-use crate::kernels::threshold::kept;
-use crate::kernels::{grid, margin_words, w, Launch};
+use std::fmt;
+
+use crate::kernels::{grid, margin_words, threshold, w, Launch};
 use crate::runtime::Buf;
+
+/// Which non-target logits of a row enter the softmax; every filter that is on applies, and
+/// the target always stays. `Keep::default()` is plain cross-entropy.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Keep {
+    /// Threshold ("selfish tokens"): only `l_j >= l_t - margin`.
+    pub margin: Option<f32>,
+    /// Dynamic hard negatives: only the K best remaining non-targets.
+    pub hard: Option<u32>,
+    /// Base alphabet size V: the target's twin `t ± V` is a false negative and is dropped.
+    pub counterpart: Option<u32>,
+}
+
+impl Keep {
+    /// The threshold loss alone (`None`: plain cross-entropy).
+    pub fn from_margin(margin: Option<f32>) -> Keep {
+        Keep {
+            margin,
+            ..Keep::default()
+        }
+    }
+}
+
+impl fmt::Display for Keep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(k) = self.hard {
+            parts.push(format!("hard:{k}"));
+        }
+        if let Some(v) = self.counterpart {
+            parts.push(format!("counterpart(V={v})"));
+        }
+        if let Some(m) = self.margin {
+            parts.push(format!("margin:{m}"));
+        }
+        if parts.is_empty() {
+            parts.push("plain".into());
+        }
+        write!(f, "{}", parts.join("+"))
+    }
+}
+
+/// The target's counterpart in the other alphabet of a `2 * base` vocabulary.
+pub fn twin(t: usize, base: usize) -> usize {
+    if t < base {
+        t + base
+    } else {
+        t - base
+    }
+}
+
+/// The kept set of one row, as the shader defines it (a sort here, rank counting there).
+pub fn kept(logits: &[f32], t: usize, keep: &Keep) -> Vec<bool> {
+    let lt = logits[t];
+    let tw = keep.counterpart.map(|v| twin(t, v as usize));
+    let mut cand: Vec<usize> = (0..logits.len())
+        .filter(|&j| j != t && Some(j) != tw && threshold::kept(logits[j], lt, keep.margin))
+        .collect();
+    if let Some(k) = keep.hard {
+        // total_cmp is IEEE totalOrder, the shader's order key; ties go to the lower index.
+        cand.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        cand.truncate(k as usize);
+    }
+    let mut out = vec![false; logits.len()];
+    out[t] = true;
+    for j in cand {
+        out[j] = true;
+    }
+    out
+}
 
 #[allow(clippy::too_many_arguments)]
 pub fn launch(
     rows: u32,
     cols: u32,
-    margin: Option<f32>,
+    keep: &Keep,
     scale: f32,
     logits: Buf,
     targets: Buf,
     losses: Buf,
     dlogits: Buf,
 ) -> Launch {
-    let [on, m] = margin_words(margin);
+    let [on, m] = margin_words(keep.margin);
     Launch {
         shader: "cross_entropy",
         entry: "cross_entropy",
-        params: vec![rows, cols, on, m, w(scale)],
+        params: vec![
+            rows,
+            cols,
+            on,
+            m,
+            w(scale),
+            keep.hard.unwrap_or(0),
+            keep.counterpart.unwrap_or(0),
+        ],
         bufs: vec![(1, logits), (2, targets), (3, losses), (4, dlogits)],
         groups: grid(rows),
     }
@@ -30,33 +109,30 @@ pub fn launch_mean(n: u32, x: Buf, out: Buf) -> Launch {
     Launch {
         shader: "cross_entropy",
         entry: "mean_rows",
-        params: vec![n, 0, 0, 0, 0],
+        params: vec![n, 0, 0, 0, 0, 0, 0],
         bufs: vec![(5, x), (6, out)],
         groups: [1, 1, 1],
     }
 }
 
 /// Loss of one row and, if `grad` is given, its gradient times `scale`; f64 inside.
-pub fn row(
-    logits: &[f32],
-    t: usize,
-    margin: Option<f32>,
-    scale: f32,
-    grad: Option<&mut [f32]>,
-) -> f64 {
+pub fn row(logits: &[f32], t: usize, keep: &Keep, scale: f32, grad: Option<&mut [f32]>) -> f64 {
     let lt = logits[t];
+    let k = kept(logits, t, keep);
     let mx = logits
         .iter()
-        .filter(|&&l| kept(l, lt, margin))
-        .fold(lt, |a, &b| a.max(b)) as f64;
+        .zip(&k)
+        .filter(|p| *p.1)
+        .fold(lt, |a, (&b, _)| a.max(b)) as f64;
     let z: f64 = logits
         .iter()
-        .filter(|&&l| kept(l, lt, margin))
-        .map(|&l| (l as f64 - mx).exp())
+        .zip(&k)
+        .filter(|p| *p.1)
+        .map(|(&l, _)| (l as f64 - mx).exp())
         .sum();
     if let Some(g) = grad {
         for (j, (o, &l)) in g.iter_mut().zip(logits).enumerate() {
-            *o = if kept(l, lt, margin) {
+            *o = if k[j] {
                 let p = (l as f64 - mx).exp() / z - if j == t { 1.0 } else { 0.0 };
                 (p * scale as f64) as f32
             } else {
@@ -72,7 +148,7 @@ pub fn row(
 pub fn cpu(
     rows: u32,
     cols: u32,
-    margin: Option<f32>,
+    keep: &Keep,
     scale: f32,
     logits: &[f32],
     targets: &[u32],
@@ -85,7 +161,7 @@ pub fn cpu(
         losses[r] = row(
             &logits[rg.clone()],
             targets[r] as usize,
-            margin,
+            keep,
             scale,
             Some(&mut dlogits[rg]),
         ) as f32;
@@ -103,25 +179,57 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
-    /// Central differences of the mean (thresholded) loss against dlogits. The kept set is
-    /// locally constant away from the boundary, so the loss is smooth where we probe it.
+    fn modes() -> Vec<Keep> {
+        let (m, h, c) = (Some(1.0), Some(3), Some(12));
+        vec![
+            Keep::default(),
+            Keep::from_margin(Some(0.5)),
+            Keep::from_margin(Some(2.0)),
+            Keep {
+                hard: Some(1),
+                ..Keep::default()
+            },
+            Keep {
+                hard: Some(5),
+                ..Keep::default()
+            },
+            Keep {
+                counterpart: c,
+                ..Keep::default()
+            },
+            Keep {
+                margin: m,
+                counterpart: c,
+                ..Keep::default()
+            },
+            Keep {
+                margin: Some(2.0),
+                hard: h,
+                counterpart: c,
+            },
+        ]
+    }
+
+    /// Central differences of the mean loss against dlogits, for every kind of kept set. The
+    /// kept set is piecewise constant in the logits; probes that move it are skipped (the loss
+    /// jumps there), and everything else, targets and masked entries included, must match.
     #[test]
     fn gradient_matches_finite_differences() {
         let mut rng = Rng::new(8);
-        let (rows, cols) = (4u32, 23u32);
+        let (rows, cols) = (4u32, 24u32);
+        let c = cols as usize;
         let n = (rows * cols) as usize;
         let logits: Vec<f32> = (0..n).map(|_| 2.0 * rng.normal() as f32).collect();
-        let targets: Vec<u32> = (0..rows).map(|_| rng.below(cols as usize) as u32).collect();
-        for margin in [None, Some(0.5), Some(2.0)] {
+        let targets: Vec<u32> = (0..rows).map(|_| rng.below(c) as u32).collect();
+        for keep in modes() {
             // The loss in f64 straight from `row`: f32 losses would drown the difference.
             let loss = |l: &[f32]| {
                 (0..rows as usize)
                     .map(|r| {
-                        let c = cols as usize;
                         row(
                             &l[r * c..(r + 1) * c],
                             targets[r] as usize,
-                            margin,
+                            &keep,
                             1.0,
                             None,
                         )
@@ -134,7 +242,7 @@ mod tests {
             cpu(
                 rows,
                 cols,
-                margin,
+                &keep,
                 1.0 / rows as f32,
                 &logits,
                 &targets,
@@ -142,29 +250,63 @@ mod tests {
                 &mut d,
             );
             let h = 1e-3f32;
+            let mut checked = 0;
             for i in 0..n {
-                let r = i / cols as usize;
-                let lt = logits[r * cols as usize + targets[r] as usize];
-                // Skip logits within h of the threshold, where the kept set changes.
-                if let Some(m) = margin {
-                    if (logits[i] - (lt - m)).abs() < 0.05 {
-                        continue;
-                    }
-                }
+                let r = i / c;
+                let t = targets[r] as usize;
                 let (mut lp, mut lm) = (logits.clone(), logits.clone());
                 lp[i] += h;
                 lm[i] -= h;
-                // Moving the target logit moves the threshold with it: skip targets under a margin.
-                if margin.is_some() && i == r * cols as usize + targets[r] as usize {
+                let rg = r * c..(r + 1) * c;
+                let k0 = kept(&logits[rg.clone()], t, &keep);
+                if kept(&lp[rg.clone()], t, &keep) != k0 || kept(&lm[rg], t, &keep) != k0 {
                     continue;
                 }
+                checked += 1;
                 let fd = (loss(&lp) - loss(&lm)) / (lp[i] - lm[i]) as f64;
                 assert!(
                     (fd - d[i] as f64).abs() < 2e-5 + 1e-3 * fd.abs(),
-                    "margin {margin:?} d/dl[{i}]: fd {fd} vs {}",
+                    "{keep} d/dl[{i}]: fd {fd} vs {}",
                     d[i]
                 );
             }
+            assert!(checked > n * 9 / 10, "{keep}: only {checked} of {n} probed");
         }
+    }
+
+    #[test]
+    fn kept_set_rules() {
+        // Ties at the cut go to the lower index; -0 ranks below +0 (IEEE totalOrder).
+        let l = [1.0, 3.0, 2.0, 2.0, 2.0, -0.0, 0.0, 5.0];
+        let hard = |k| Keep {
+            hard: Some(k),
+            ..Keep::default()
+        };
+        let idx = |m: Vec<bool>| -> Vec<usize> { (0..m.len()).filter(|&j| m[j]).collect() };
+        assert_eq!(idx(kept(&l, 0, &hard(1))), vec![0, 7]);
+        assert_eq!(idx(kept(&l, 0, &hard(3))), vec![0, 1, 2, 7]);
+        assert_eq!(idx(kept(&l, 0, &hard(4))), vec![0, 1, 2, 3, 7]);
+        assert_eq!(idx(kept(&l, 7, &hard(6))), vec![0, 1, 2, 3, 4, 6, 7]);
+        assert_eq!(idx(kept(&l, 7, &hard(99))), (0..8).collect::<Vec<_>>());
+        // The twin of 1 in a 2 x 4 vocabulary is 5 and of 6 is 2.
+        let cp = Keep {
+            counterpart: Some(4),
+            ..Keep::default()
+        };
+        assert_eq!(idx(kept(&l, 1, &cp)), vec![0, 1, 2, 3, 4, 6, 7]);
+        assert_eq!(idx(kept(&l, 6, &cp)), vec![0, 1, 3, 4, 5, 6, 7]);
+        // The twin is dropped before the top K are chosen, so K others stay.
+        let both = Keep {
+            hard: Some(2),
+            counterpart: Some(4),
+            ..Keep::default()
+        };
+        assert_eq!(idx(kept(&l, 3, &both)), vec![1, 2, 3]);
+        let with_margin = Keep {
+            margin: Some(0.5),
+            hard: Some(2),
+            counterpart: Some(4),
+        };
+        assert_eq!(idx(kept(&l, 0, &with_margin)), vec![0, 1, 7]);
     }
 }

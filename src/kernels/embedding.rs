@@ -4,7 +4,7 @@
 //! `dwte` element is owned by one invocation that scans all positions in order, which keeps
 //! the result deterministic. `B * T` is a few thousand at most, so the scan is cheap.
 
-use crate::kernels::{elem_grid, grid, Launch, Target};
+use crate::kernels::{elem_grid, grid, Launch, Target, LOOP_LIMIT};
 use crate::runtime::Buf;
 
 /// Embedding sizes: batch, sequence length, width, vocabulary.
@@ -19,8 +19,9 @@ pub struct Shape {
 /// Columns of `dwte` per workgroup in `bwd_wte` (its workgroup size).
 const WTE_COLS: u32 = 64;
 
-fn params(s: &Shape, accumulate: bool) -> Vec<u32> {
-    vec![s.b, s.t, s.c, s.v, accumulate as u32]
+/// `pos` is the range of positions a `bwd_wte*` dispatch sums (all of them elsewhere).
+fn params(s: &Shape, accumulate: bool, pos: (u32, u32)) -> Vec<u32> {
+    vec![s.b, s.t, s.c, s.v, accumulate as u32, pos.0, pos.1]
 }
 
 /// `x [B, T, C]` from `idx [B, T]`, `wte [V, C]` and `wpe [>= T, C]`.
@@ -28,7 +29,7 @@ pub fn launch_fwd(s: &Shape, idx: Buf, wte: Buf, wpe: Buf, x: Buf) -> Launch {
     Launch {
         shader: "embedding",
         entry: "fwd",
-        params: params(s, false),
+        params: params(s, false, (0, s.b * s.t)),
         bufs: vec![(1, idx), (2, wte), (3, wpe), (4, x)],
         groups: elem_grid(s.b * s.t * s.c),
     }
@@ -45,32 +46,41 @@ pub fn launch_bwd(
     dwte: Buf,
     dwpe: Buf,
 ) -> Vec<Launch> {
-    vec![
-        if t.cpu_like {
-            Launch {
-                shader: "embedding",
-                entry: "bwd_wte_cols",
-                params: params(s, accumulate),
-                bufs: vec![(1, idx), (5, dx), (6, dwte)],
-                groups: grid(s.c.div_ceil(64)),
+    // The wte sums run over positions in order, in chunks of at most LOOP_LIMIT positions
+    // per dispatch; every chunk after the first adds to what the ones before left.
+    let npos = s.b * s.t;
+    let mut v: Vec<Launch> = (0..npos.max(1))
+        .step_by(LOOP_LIMIT as usize)
+        .map(|p0| {
+            let p = params(s, accumulate || p0 > 0, (p0, (p0 + LOOP_LIMIT).min(npos)));
+            let bufs = vec![(1, idx), (5, dx), (6, dwte)];
+            if t.cpu_loop(s.v) {
+                Launch {
+                    shader: "embedding",
+                    entry: "bwd_wte_cols",
+                    params: p,
+                    bufs,
+                    groups: grid(s.c.div_ceil(64)),
+                }
+            } else {
+                Launch {
+                    shader: "embedding",
+                    entry: "bwd_wte",
+                    params: p,
+                    bufs,
+                    groups: grid(s.v * s.c.div_ceil(WTE_COLS)),
+                }
             }
-        } else {
-            Launch {
-                shader: "embedding",
-                entry: "bwd_wte",
-                params: params(s, accumulate),
-                bufs: vec![(1, idx), (5, dx), (6, dwte)],
-                groups: grid(s.v * s.c.div_ceil(WTE_COLS)),
-            }
-        },
-        Launch {
-            shader: "embedding",
-            entry: "bwd_wpe",
-            params: params(s, accumulate),
-            bufs: vec![(5, dx), (7, dwpe)],
-            groups: elem_grid(s.t * s.c),
-        },
-    ]
+        })
+        .collect();
+    v.push(Launch {
+        shader: "embedding",
+        entry: "bwd_wpe",
+        params: params(s, accumulate, (0, npos)),
+        bufs: vec![(5, dx), (7, dwpe)],
+        groups: elem_grid(s.t * s.c),
+    });
+    v
 }
 
 /// CPU twin of [`launch_fwd`] (one f32 add per element, as on the GPU).

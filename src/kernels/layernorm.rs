@@ -34,7 +34,8 @@ pub fn launch_fwd(
     if let Some((branch, sum)) = residual {
         bufs.extend([(11, branch), (12, sum)]);
     }
-    let entry = match (residual.is_some(), t.cpu_like) {
+    let rows_kernel = t.cpu_loop(cols);
+    let entry = match (residual.is_some(), rows_kernel) {
         (false, false) => "layernorm_fwd",
         (true, false) => "add_layernorm_fwd",
         (false, true) => "layernorm_fwd_rows",
@@ -45,7 +46,7 @@ pub fn launch_fwd(
         entry,
         params: vec![rows, cols, 0],
         bufs,
-        groups: if t.cpu_like {
+        groups: if rows_kernel {
             grid(rows.div_ceil(ROWS_WG))
         } else {
             grid(rows)
@@ -69,20 +70,15 @@ pub fn launch_bwd(
     dw: Buf,
 ) -> Vec<Launch> {
     let params = vec![rows, cols, accumulate as u32];
-    let (dx_entry, dx_groups, dw_entry, dw_groups) = if t.cpu_like {
-        (
-            "layernorm_bwd_dx_rows",
-            grid(rows.div_ceil(ROWS_WG)),
-            "layernorm_bwd_dw_cols",
-            grid(cols.div_ceil(ROWS_WG)),
-        )
+    let (dx_entry, dx_groups) = if t.cpu_loop(cols) {
+        ("layernorm_bwd_dx_rows", grid(rows.div_ceil(ROWS_WG)))
     } else {
-        (
-            "layernorm_bwd_dx",
-            grid(rows),
-            "layernorm_bwd_dw",
-            grid(cols.div_ceil(DW_COLS)),
-        )
+        ("layernorm_bwd_dx", grid(rows))
+    };
+    let (dw_entry, dw_groups) = if t.cpu_loop(rows) {
+        ("layernorm_bwd_dw_cols", grid(cols.div_ceil(ROWS_WG)))
+    } else {
+        ("layernorm_bwd_dw", grid(cols.div_ceil(DW_COLS)))
     };
     vec![
         Launch {

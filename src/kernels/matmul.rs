@@ -2,7 +2,7 @@
 //! exact contract. Every operand is read and written through strides, so transposes, the
 //! heads of attention and column slices of `qkv` cost no copies.
 
-use crate::kernels::{w, Launch, Target, MAX_GROUPS};
+use crate::kernels::{w, Launch, Target, LOOP_LIMIT, MAX_GROUPS};
 use crate::runtime::Buf;
 
 /// Where a batched matrix lives in its buffer: element `(z1, z2, row, col)` is at
@@ -171,7 +171,34 @@ pub fn default_variant(t: &Target, s: &Shape) -> &'static str {
     }
 }
 
-pub fn launch_variant(variant: &str, s: &Shape, a: Buf, b: Buf, c: Buf) -> Launch {
+/// The dispatches of one product with the named variant. A product longer than
+/// [`LOOP_LIMIT`] in k is split into k-chunks that accumulate into C one after another.
+pub fn launch_variant(variant: &str, s: &Shape, a: Buf, b: Buf, c: Buf) -> Vec<Launch> {
+    if s.k <= LOOP_LIMIT {
+        return vec![launch_one(variant, s, a, b, c)];
+    }
+    (0..s.k)
+        .step_by(LOOP_LIMIT as usize)
+        .map(|k0| {
+            let chunk = Shape {
+                k: LOOP_LIMIT.min(s.k - k0),
+                a: Layout {
+                    off: s.a.off + k0 * s.a.cs,
+                    ..s.a
+                },
+                b: Layout {
+                    off: s.b.off + k0 * s.b.rs,
+                    ..s.b
+                },
+                accumulate: s.accumulate || k0 > 0,
+                ..*s
+            };
+            launch_one(variant, &chunk, a, b, c)
+        })
+        .collect()
+}
+
+fn launch_one(variant: &str, s: &Shape, a: Buf, b: Buf, c: Buf) -> Launch {
     assert!(s.batch <= MAX_GROUPS, "matmul batch over {MAX_GROUPS}");
     // (shader, entry point, rows, columns) of C per workgroup
     let (shader, entry, tm, tn) = match variant {

@@ -15,6 +15,7 @@ pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
 pub mod residual;
+pub mod sampled_loss;
 pub mod softmax;
 pub mod threshold;
 
@@ -34,6 +35,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("matmul_sg", include_str!("../../shaders/matmul_sg.wgsl")),
     ("residual", include_str!("../../shaders/residual.wgsl")),
+    (
+        "sampled_loss",
+        include_str!("../../shaders/sampled_loss.wgsl"),
+    ),
     ("softmax", include_str!("../../shaders/softmax.wgsl")),
     ("threshold", include_str!("../../shaders/threshold.wgsl")),
 ];
@@ -48,6 +53,11 @@ pub struct Launch {
     pub bufs: Vec<(u32, Buf)>,
     pub groups: [u32; 3],
 }
+
+/// The most iterations a kernel's loops run in one invocation. lavapipe (Mesa's llvmpipe)
+/// silently ends any shader loop after 65535 iterations, so longer reductions are split
+/// across dispatches, or take a kernel whose loops stay short.
+pub const LOOP_LIMIT: u32 = 16384;
 
 /// Largest workgroup count per grid dimension that WebGPU guarantees.
 pub const MAX_GROUPS: u32 = 65535;
@@ -92,6 +102,12 @@ pub struct Target {
 }
 
 impl Target {
+    /// Whether to take a CPU-like kernel whose invocation loops `len` times; past
+    /// [`LOOP_LIMIT`] the workgroup kernel, whose loops are shorter, is taken instead.
+    pub fn cpu_loop(&self, len: u32) -> bool {
+        self.cpu_like && len <= LOOP_LIMIT
+    }
+
     /// The matmul variant for one shape.
     pub fn matmul_variant(&self, s: &matmul::Shape) -> &'static str {
         if let Some(v) = self.tuned.get(&s.key()) {
@@ -142,11 +158,27 @@ pub enum Op {
     CrossEntropy {
         rows: u32,
         cols: u32,
-        margin: Option<f32>,
+        /// Which non-targets enter the softmax (default: all).
+        keep: cross_entropy::Keep,
         /// Gradient scale, normally 1 / rows.
         scale: f32,
         logits: Buf,
         targets: Buf,
+        losses: Buf,
+        dlogits: Buf,
+    },
+    /// Negative sampling: `k` noise tokens per row drawn from `cdf` with the `seeds` words.
+    SampledLoss {
+        rows: u32,
+        cols: u32,
+        k: u32,
+        scale: f32,
+        logits: Buf,
+        targets: Buf,
+        /// u32 [cols], see `sampled_loss::cdf`.
+        cdf: Buf,
+        /// u32 [2]: `[step, run seed]`; the host writes the step every step.
+        seeds: Buf,
         losses: Buf,
         dlogits: Buf,
     },
@@ -271,16 +303,14 @@ impl Op {
     pub fn launches(&self, t: &Target) -> Vec<Launch> {
         use Op::*;
         match *self {
-            Matmul { ref s, a, b, c } => {
-                vec![matmul::launch_variant(t.matmul_variant(s), s, a, b, c)]
-            }
+            Matmul { ref s, a, b, c } => matmul::launch_variant(t.matmul_variant(s), s, a, b, c),
             MatmulVariant {
                 variant,
                 ref s,
                 a,
                 b,
                 c,
-            } => vec![matmul::launch_variant(variant, s, a, b, c)],
+            } => matmul::launch_variant(variant, s, a, b, c),
             SoftmaxFwd { rows, cols, x, y } => vec![softmax::launch_fwd(rows, cols, x, y)],
             SoftmaxBwd {
                 rows,
@@ -302,14 +332,28 @@ impl Op {
             CrossEntropy {
                 rows,
                 cols,
-                margin,
+                ref keep,
                 scale,
                 logits,
                 targets,
                 losses,
                 dlogits,
             } => vec![cross_entropy::launch(
-                rows, cols, margin, scale, logits, targets, losses, dlogits,
+                rows, cols, keep, scale, logits, targets, losses, dlogits,
+            )],
+            SampledLoss {
+                rows,
+                cols,
+                k,
+                scale,
+                logits,
+                targets,
+                cdf,
+                seeds,
+                losses,
+                dlogits,
+            } => vec![sampled_loss::launch(
+                rows, cols, k, scale, logits, targets, cdf, seeds, losses, dlogits,
             )],
             Mean { n, x, out } => vec![cross_entropy::launch_mean(n, x, out)],
             LayerNormFwd {
@@ -431,7 +475,7 @@ impl Op {
             CrossEntropy {
                 rows,
                 cols,
-                margin,
+                ref keep,
                 scale,
                 logits,
                 targets,
@@ -443,10 +487,39 @@ impl Op {
                 cross_entropy::cpu(
                     rows,
                     cols,
-                    margin,
+                    keep,
                     scale,
                     mem.f(logits),
                     mem.u(targets),
+                    &mut l,
+                    &mut d,
+                );
+                mem.put(losses, l);
+                mem.put(dlogits, d);
+            }
+            SampledLoss {
+                rows,
+                cols,
+                k,
+                scale,
+                logits,
+                targets,
+                cdf,
+                seeds,
+                losses,
+                dlogits,
+            } => {
+                let mut l = mem.take(losses);
+                let mut d = mem.take(dlogits);
+                sampled_loss::cpu(
+                    rows,
+                    cols,
+                    k,
+                    scale,
+                    mem.f(logits),
+                    mem.u(targets),
+                    mem.u(cdf),
+                    mem.u(seeds),
                     &mut l,
                     &mut d,
                 );
