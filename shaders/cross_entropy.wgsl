@@ -18,6 +18,8 @@
 // fewer than K do (exact integer counts, so the set is the CPU twin's bit for bit).
 // `mean_rows`: out[0] = (sum_i x[i]) / n, one workgroup, fixed-order tree sum.
 // logits/dlogits row-major [rows, cols]; targets u32 [rows]; one workgroup per row.
+// `cross_entropy_rows` (CPU-like adapters): the same contract with one invocation per row
+// (64 rows per workgroup) and no barrier; sums run over j in order.
 
 struct Params {
     rows: u32,
@@ -156,6 +158,76 @@ fn cross_entropy(
     }
     let inv = 1.0 / z;
     for (var j = li; j < p.cols; j += WG) {
+        let v = logits[base + j];
+        var g = 0.0;
+        if (is_kept(base, j, t, twin, v, thr, ranking)) {
+            g = exp(v - mx) * inv;
+            if (j == t) {
+                g -= 1.0;
+            }
+            g *= p.scale;
+        }
+        dlogits[base + j] = g;
+    }
+}
+
+@compute @workgroup_size(64)
+fn cross_entropy_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let row = (wid.x + wid.y * nwg.x) * 64u + li;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.cols;
+    let t = targets[row];
+    let lt = logits[base + t];
+    let thr = lt - p.margin;
+    let masking = p.use_margin != 0u;
+    var twin = 0xffffffffu;
+    if (p.twin_base != 0u) {
+        twin = select(t - p.twin_base, t + p.twin_base, t < p.twin_base);
+    }
+    let ranking = p.hard_k != 0u && p.hard_k < p.cols - 1u;
+    if (ranking) {
+        for (var j = 0u; j < p.cols; j += 1u) {
+            let v = logits[base + j];
+            var keep = false;
+            if (j != t && j != twin && (!masking || v >= thr)) {
+                let key = order_key(v);
+                var rank = 0u;
+                for (var i = 0u; i < p.cols && rank < p.hard_k; i += 1u) {
+                    let u = logits[base + i];
+                    let ku = order_key(u);
+                    if (i != t && i != twin && (!masking || u >= thr)
+                        && (ku > key || (ku == key && i < j))) {
+                        rank += 1u;
+                    }
+                }
+                keep = rank < p.hard_k;
+            }
+            dlogits[base + j] = select(0.0, 1.0, keep);
+        }
+    }
+    var mx = lt;
+    for (var j = 0u; j < p.cols; j += 1u) {
+        let v = logits[base + j];
+        if (is_kept(base, j, t, twin, v, thr, ranking)) {
+            mx = max(mx, v);
+        }
+    }
+    var z = 0.0;
+    for (var j = 0u; j < p.cols; j += 1u) {
+        let v = logits[base + j];
+        if (is_kept(base, j, t, twin, v, thr, ranking)) {
+            z += exp(v - mx);
+        }
+    }
+    losses[row] = log(z) + mx - lt;
+    let inv = 1.0 / z;
+    for (var j = 0u; j < p.cols; j += 1u) {
         let v = logits[base + j];
         var g = 0.0;
         if (is_kept(base, j, t, twin, v, thr, ranking)) {

@@ -8,7 +8,7 @@
 // 256 invocations per workgroup, i = (wid.x + wid.y * nwg.x) * 256 + lid.x, i < n.
 //
 // WGSL has no erf, and its exp() may be off by 3 + 2|x| ulp, so both are built here from
-// multiplies, adds and two small tables. With a = |x| (for erf) or |x| / sqrt 2 (for Phi):
+// multiplies, adds and ldexp. With a = |x| (for erf) or |x| / sqrt 2 (for Phi):
 //   a < 0.875:          erf(x)  = x + x * S(x^2)
 //   0.875 <= a < 1.25:  erfc(a) = M(a - 1.0625)
 //   1.25 <= a < 9:      erfc(a) = exp(-a^2) * T(1 / a)
@@ -16,8 +16,8 @@
 // and exp(-r) = E(r) for -0.5 <= r <= 0.6 (exp_neg_sq builds exp(-v^2) from it).
 // S, M, T and E are least-squares fits in f64 at Chebyshev nodes, weighted for relative
 // error, rounded to f32: made and checked by tools/fit_erf.py, which runs this arithmetic in
-// float32 and finds max abs error 4.8e-8 for erf, max relative error 4.2e-7 for Phi and
-// 2.6e-7 for exp(-x^2 / 2). Phi(x) = 0.5 * erfc(-x / sqrt 2) is taken from the erfc pieces,
+// float32 and finds max abs error 4.8e-8 for erf, max relative error 4.0e-7 for Phi and
+// 9.9e-8 for exp(-x^2 / 2). Phi(x) = 0.5 * erfc(-x / sqrt 2) is taken from the erfc pieces,
 // so its left tail keeps its relative accuracy instead of cancelling in 1 + erf, and its
 // exp(-x^2 / 2) comes from x itself, not from a rounded x / sqrt 2.
 
@@ -33,16 +33,10 @@ struct Params {
 
 const FRAC_1_SQRT_2: f32 = 0.70710678118654752;
 const FRAC_1_SQRT_2PI: f32 = 0.39894228040143268;
-// exp(-8j) and exp(-i), so exp(-n) = EXP_NEG_8[n >> 3] * EXP_NEG_1[n & 7] for n <= 87.
-const EXP_NEG_8 = array<f32, 11>(
-    1.000000000e+00, 3.354626242e-04, 1.125351758e-07, 3.775134372e-11,
-    1.266416578e-14, 4.248354131e-18, 1.425164038e-21, 4.780892995e-25,
-    1.603810939e-28, 5.380185922e-32, 1.804851329e-35,
-);
-const EXP_NEG_1 = array<f32, 8>(
-    1.000000000e+00, 3.678794503e-01, 1.353352815e-01, 4.978706688e-02,
-    1.831563935e-02, 6.737946998e-03, 2.478752285e-03, 9.118819726e-04,
-);
+const LOG2E: f32 = 1.442695041;
+// ln 2 = LN2_HI + LN2_LO, LN2_HI = 355 / 512 with 9 significant bits.
+const LN2_HI: f32 = 0.693359375;
+const LN2_LO: f32 = -2.121944417e-04;
 
 // exp(-r) for -0.5 <= r <= 0.6.
 fn exp_small(r: f32) -> f32 {
@@ -59,18 +53,20 @@ fn exp_small(r: f32) -> f32 {
     return q;
 }
 
-// exp(-s v^2) for v >= 0, s a power of two, s v^2 <= 87, to ~2.6e-7 relative. v = h + (v - h)
+// exp(-s v^2) for v >= 0, s a power of two, s v^2 <= 87, to ~1e-7 relative. v = h + (v - h)
 // with h keeping 12 significant bits makes s v^2 = hi + lo with hi = s h^2 exact, so v^2 is
-// never rounded as a whole (that alone would cost up to v^2 * 6e-8); then hi = n + f exactly,
-// n = round(hi). Nothing subtracts nearly equal rounded values, so a compiler that
-// reassociates float math (Mesa's does) cannot spoil the result.
+// never rounded as a whole (that alone would cost up to v^2 * 6e-8); then with
+// k = round(hi / ln 2), k LN2_HI and hi - k LN2_HI are exact (k <= 126 has 7 bits) and
+// exp(-s v^2) = 2^-k exp(-r), r = (hi - k LN2_HI) - k LN2_LO + lo in [-0.35, 0.35].
+// Nothing subtracts nearly equal rounded values, so a compiler that reassociates float math
+// (Mesa's does) cannot spoil the result, and no lane indexes a table.
 fn exp_neg_sq(v: f32, s: f32) -> f32 {
     let h = bitcast<f32>(bitcast<u32>(v) & 0xfffff000u);
     let hi = s * (h * h);
     let lo = s * ((v - h) * (v + h));
-    let n = round(hi);
-    let i = min(u32(n), 87u);
-    return (EXP_NEG_8[i >> 3u] * EXP_NEG_1[i & 7u]) * (exp_small(hi - n) * exp_small(lo));
+    let k = round(hi * LOG2E);
+    let r = (hi - k * LN2_HI) - k * LN2_LO + lo;
+    return ldexp(exp_small(r), -i32(k));
 }
 
 // erf(x) for |x| < 0.875.
@@ -131,15 +127,21 @@ fn erf(x: f32) -> f32 {
     return select(-e, e, x >= 0.0);
 }
 
-// Standard normal CDF, Phi(x) = 0.5 * erfc(-x / sqrt 2).
-fn norm_cdf(x: f32) -> f32 {
+// exp(-x^2 / 2), held at its |x| = 13 value beyond (where Phi is 0 or 1 in f32 and
+// x phi(x) is under 1e-36).
+fn exp_half_sq(x: f32) -> f32 {
+    return exp_neg_sq(min(abs(x), 13.0), 0.5);
+}
+
+// Standard normal CDF, Phi(x) = 0.5 * erfc(-x / sqrt 2), given e = exp_half_sq(x).
+fn norm_cdf(x: f32, e: f32) -> f32 {
     let z = x * FRAC_1_SQRT_2;
     let a = abs(z);
     if a < 0.875 {
         return 0.5 + 0.5 * erf_small(z);
     }
-    // exp(-z^2) = exp(-x^2 / 2); Phi is 0 or 1 in f32 past |x| = 12.75 (a = 9).
-    let c = 0.5 * erfc_large(min(a, 9.0), exp_neg_sq(min(abs(x), 12.75), 0.5));
+    // exp(-z^2) = exp(-x^2 / 2); erfc_large gives 0 from a = 9 (|x| = 12.73) on.
+    let c = 0.5 * erfc_large(min(a, 9.0), e);
     return select(1.0 - c, c, z < 0.0);
 }
 
@@ -155,7 +157,7 @@ fn gelu_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         return;
     }
     let v = x[i];
-    y[i] = v * norm_cdf(v);
+    y[i] = v * norm_cdf(v, exp_half_sq(v));
 }
 
 @compute @workgroup_size(256)
@@ -166,10 +168,11 @@ fn gelu_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         return;
     }
     let v = x[i];
-    // x * phi(x) is below 3e-36 past |x| = 13: call it 0 there.
-    let density = FRAC_1_SQRT_2PI * exp_neg_sq(min(abs(v), 13.0), 0.5);
-    let x_density = select(0.0, v * density, abs(v) < 13.0);
-    dx[i] = dy[i] * (norm_cdf(v) + x_density);
+    // One exp(-x^2 / 2) serves Phi and phi; x * phi(x) is below 1e-36 past |x| = 13: call
+    // it 0 there.
+    let e = exp_half_sq(v);
+    let x_density = select(0.0, v * FRAC_1_SQRT_2PI * e, abs(v) < 13.0);
+    dx[i] = dy[i] * (norm_cdf(v, e) + x_density);
 }
 
 @compute @workgroup_size(256)

@@ -264,6 +264,7 @@ pub fn cases() -> Vec<Case> {
         (1, 3, 17, 5),
         (2, 17, 65, 33),
         (1, 65, 130, 257),
+        (2, 68, 132, 36), // multiples of 4, not of any tile
     ] {
         for &(ta, tb) in &[(false, false), (true, false), (false, true), (true, true)] {
             for variant in matmul::VARIANTS {

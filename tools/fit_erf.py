@@ -9,9 +9,11 @@ weighted for relative error, with the coefficients then rounded to f32:
   E  -0.5 <= r <= 0.6:  exp(-r) = E(r)
   a >= 9:               erfc(a) = 0 (erfc(9) = 4e-37)
 The shader's exp(-v^2) (exp_neg_sq) splits v = h + (v - h), h with 12 significant bits, so
-that v^2 = hi + lo with hi = h^2 exact; then hi = n + f with n = round(hi) exactly and
-exp(-v^2) = exp(-n) * E(f) * E(lo), exp(-n) from two small tables. No step subtracts
-nearly equal rounded values, so a compiler reassociating float math cannot spoil it.
+that v^2 = hi + lo with hi = h^2 exact; then k = round(hi / ln 2) and
+r = (hi - k LN2_HI) - k LN2_LO + lo, where LN2_HI has 9 significant bits, so k LN2_HI and
+hi - k LN2_HI are exact; exp(-v^2) = 2^-k E(r) with 2^-k from ldexp. No step subtracts
+nearly equal rounded values, so a compiler reassociating float math cannot spoil it, and
+no lane indexes a table (a per-lane gather on CPU-like adapters).
 Then it runs the shader's arithmetic in float32 over a dense grid and prints the max abs
 error of erf, the max relative error of Phi(x) = 0.5 erfc(-x / sqrt 2) and of
 exp(-x^2 / 2), and the WGSL Horner lines.  Needs numpy.  Usage: python3 tools/fit_erf.py
@@ -27,8 +29,9 @@ PIECES = [  # name, variable, target, lo, hi, variable map, degree
     ("E", "r", lambda r: math.exp(-r), -0.5, 0.6, lambda r: r, 9),
 ]
 F = np.float32
-EXP_NEG_8 = np.array([math.exp(-8 * j) for j in range(11)], dtype=F)  # exp(-8j)
-EXP_NEG_1 = np.array([math.exp(-i) for i in range(8)], dtype=F)  # exp(-i)
+LOG2E = F(1.4426950408889634)
+LN2_HI = F(0.693359375)  # 355 / 512: 9 significant bits
+LN2_LO = F(math.log(2) - 0.693359375)
 
 
 def fit(f, lo, hi, var, deg, n=4000):
@@ -51,9 +54,9 @@ def exp_neg_sq(v, s, E):
     """exp(-s v^2) as the shader does it (s a power of two, s v^2 <= 87)."""
     h = (v.view(np.uint32) & np.uint32(0xFFFFF000)).view(F)
     hi, lo = s * (h * h), s * ((v - h) * (v + h))
-    n = np.round(hi)
-    i = n.astype(np.uint32)
-    return (EXP_NEG_8[i >> 3] * EXP_NEG_1[i & 7]) * (horner(E, hi - n) * horner(E, lo))
+    k = np.round(hi * LOG2E)
+    r = (hi - k * LN2_HI) - k * LN2_LO + lo
+    return np.ldexp(horner(E, r), -k.astype(np.int32)).astype(F)
 
 
 def erfc_large(a, e, coef):
@@ -75,7 +78,7 @@ def erf32(x, coef):
 def norm_cdf32(x, coef):
     z = x * F(0.7071067811865476)
     a = np.abs(z)
-    c = F(0.5) * erfc_large(np.minimum(a, F(9)), exp_neg_sq(np.minimum(np.abs(x), F(12.75)), F(0.5), coef[3]), coef)
+    c = F(0.5) * erfc_large(np.minimum(a, F(9)), exp_neg_sq(np.minimum(np.abs(x), F(13)), F(0.5), coef[3]), coef)
     small = F(0.5) + F(0.5) * (z + z * horner(coef[0], z * z))
     return np.where(a < 0.875, small, np.where(z < 0, c, F(1) - c))
 
@@ -96,8 +99,7 @@ def main():
     e = exp_neg_sq(np.abs(x[keep]), F(0.5), coef[3])
     rel = np.abs(e / np.exp(-0.5 * xd[keep] ** 2) - 1)
     print(f"// exp(-x^2/2): max rel error {rel.max():.2e} at x = {x[keep][rel.argmax()]}")
-    for name, t in [("EXP_NEG_8", EXP_NEG_8), ("EXP_NEG_1", EXP_NEG_1)]:
-        print(f"const {name} = array<f32, {len(t)}>(" + ", ".join(f"{float(v):.9e}" for v in t) + ");")
+    print(f"const LN2_LO: f32 = {float(LN2_LO):.9e};")
     for (name, var, *_), c in zip(PIECES, coef):
         print(f"// {name}({var})")
         print(f"    var q = {float(c[-1]):.9e};")

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::kernels::{grid, margin_words, threshold, w, Launch};
+use crate::kernels::{grid, margin_words, threshold, w, Launch, Target};
 use crate::runtime::Buf;
 
 /// Which non-target logits of a row enter the softmax; every filter that is on applies, and
@@ -78,6 +78,7 @@ pub fn kept(logits: &[f32], t: usize, keep: &Keep) -> Vec<bool> {
 
 #[allow(clippy::too_many_arguments)]
 pub fn launch(
+    t: &Target,
     rows: u32,
     cols: u32,
     keep: &Keep,
@@ -88,9 +89,20 @@ pub fn launch(
     dlogits: Buf,
 ) -> Launch {
     let [on, m] = margin_words(keep.margin);
+    // One invocation per row loops over the row, or over it for every candidate to rank.
+    let ranks = keep.hard.is_some_and(|k| k < cols.saturating_sub(1));
+    let rows_kernel = t.cpu_loop(if ranks {
+        cols.saturating_mul(cols)
+    } else {
+        3 * cols
+    });
     Launch {
         shader: "cross_entropy",
-        entry: "cross_entropy",
+        entry: if rows_kernel {
+            "cross_entropy_rows"
+        } else {
+            "cross_entropy"
+        },
         params: vec![
             rows,
             cols,
@@ -101,7 +113,11 @@ pub fn launch(
             keep.counterpart.unwrap_or(0),
         ],
         bufs: vec![(1, logits), (2, targets), (3, losses), (4, dlogits)],
-        groups: grid(rows),
+        groups: if rows_kernel {
+            grid(rows.div_ceil(64))
+        } else {
+            grid(rows)
+        },
     }
 }
 

@@ -339,7 +339,7 @@ impl Op {
                 losses,
                 dlogits,
             } => vec![cross_entropy::launch(
-                rows, cols, keep, scale, logits, targets, losses, dlogits,
+                t, rows, cols, keep, scale, logits, targets, losses, dlogits,
             )],
             SampledLoss {
                 rows,
