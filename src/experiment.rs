@@ -86,18 +86,19 @@ pub fn finished(dir: &Path, cfg: &TrainConfig) -> Result<Option<RunEval>> {
     Ok((ev.config == config_json(cfg)?).then_some(ev))
 }
 
-/// Trains (or resumes) and evaluates one run, unless it already finished.
+/// Trains (or resumes) and evaluates one run, unless it already finished. `None`: training
+/// was interrupted (Ctrl-C) after saving a checkpoint.
 pub fn run_one(
     be: &mut dyn Backend,
     data: &Dataset,
     cfg: &TrainConfig,
     out: &Path,
     progress: bool,
-) -> Result<RunEval> {
+) -> Result<Option<RunEval>> {
     let dir = run_dir(out, &cfg.loss);
     if let Some(done) = finished(&dir, cfg)? {
         eprintln!("{}: finished earlier, not trained again", done.name);
-        return Ok(done);
+        return Ok(Some(done));
     }
     if train::model_path(&dir).exists() && !train::state_path(&dir).exists() {
         bail!(
@@ -106,6 +107,22 @@ pub fn run_one(
         );
     }
     let resume = train::state_path(&dir).exists();
+    if resume {
+        let st = crate::checkpoint::load(&train::state_path(&dir))?;
+        let mut saved: serde_json::Value = serde_json::from_str(st.meta("train_config")?)
+            .with_context(|| format!("'{}' is damaged", train::state_path(&dir).display()))?;
+        if let Some(o) = saved.as_object_mut() {
+            o.remove("stop_after");
+        }
+        if saved != config_json(cfg)? {
+            bail!(
+                "run folder '{}' holds a run with other settings than this experiment's (compare \
+                 the train_config in its state.safetensors): pass another --out, or delete the \
+                 folder to train the run again",
+                dir.display()
+            );
+        }
+    }
     eprintln!(
         "{}: {} ({} steps)",
         run_name(&cfg.loss),
@@ -113,7 +130,11 @@ pub fn run_one(
         cfg.steps
     );
     let t0 = std::time::Instant::now();
-    train::train(be, data, cfg, &dir, resume, progress)?;
+    let summary = train::train(be, data, cfg, &dir, resume, progress)?;
+    if summary.interrupted {
+        return Ok(None);
+    }
+    // Training time of this session only; a resumed run adds to what eval.json recorded.
     let train_seconds = t0.elapsed().as_secs_f64();
 
     let (model, vocab) = train::load_for_inference(be, &train::model_path(&dir), cfg.batch_size)?;
@@ -145,11 +166,12 @@ pub fn run_one(
     fs::write(&tmp, serde_json::to_string_pretty(&ev)?)
         .and_then(|_| fs::rename(&tmp, dir.join("eval.json")))
         .with_context(|| format!("cannot write eval.json in '{}'", dir.display()))?;
-    Ok(ev)
+    Ok(Some(ev))
 }
 
 /// Runs every loss in `losses` on `base` (which fixes everything else), then writes the
-/// report. Returns the evaluations in run order.
+/// report. Returns the evaluations in run order, or `None` when Ctrl-C interrupted a run
+/// (its checkpoint is saved; running the experiment again continues it).
 pub fn run(
     be: &mut dyn Backend,
     data: &Dataset,
@@ -158,7 +180,7 @@ pub fn run(
     out: &Path,
     command: &str,
     progress: bool,
-) -> Result<Vec<RunEval>> {
+) -> Result<Option<Vec<RunEval>>> {
     if losses.is_empty() {
         bail!("no runs to make: give at least one loss");
     }
@@ -179,8 +201,11 @@ pub fn run(
             loss: *loss,
             ..base.clone()
         };
-        evals.push(run_one(be, data, &cfg, out, progress)?);
+        match run_one(be, data, &cfg, out, progress)? {
+            Some(ev) => evals.push(ev),
+            None => return Ok(None),
+        }
     }
     crate::report::write(out, &evals, base, command, &be.name())?;
-    Ok(evals)
+    Ok(Some(evals))
 }

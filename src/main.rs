@@ -156,6 +156,65 @@ struct ModelArgs {
     batch_size: Option<usize>,
 }
 
+/// What a training run needs besides the model and the loss (`train` and `experiment`).
+#[derive(clap::Args, Clone, Debug)]
+struct RunArgs {
+    /// Text file to train on (default: tiny Shakespeare, downloaded to data/ when missing).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, default_value_t = 8000, value_parser = args::steps)]
+    steps: u64,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    #[arg(long, default_value_t = 1e-4)]
+    min_lr: f32,
+    #[arg(long, default_value_t = 100, value_parser = args::steps)]
+    warmup: u64,
+    /// Share of training sequences written in the shifted (low-resource) alphabet; 0 for one language.
+    #[arg(long, default_value_t = 0.02)]
+    low_resource_prob: f64,
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    /// Steps between validation losses and checkpoints (0: only at the end).
+    #[arg(long, default_value_t = 500, value_parser = args::steps)]
+    eval_interval: u64,
+    /// Validation batches per language at each eval.
+    #[arg(long, default_value_t = 20, value_parser = args::count)]
+    eval_batches: usize,
+    /// Steps between logged (and NaN-checked) training losses.
+    #[arg(long, default_value_t = 50, value_parser = args::steps)]
+    log_interval: u64,
+    /// vulkan, metal, dx12, gl, or cpu (the CPU twins).
+    #[arg(long)]
+    backend: Option<String>,
+}
+
+impl RunArgs {
+    /// The dataset and a training configuration with the plain loss.
+    fn config(&self, model: &ModelArgs, analysis: bool) -> Result<(Dataset, TrainConfig)> {
+        let dataset = load_dataset(self.data.as_deref(), self.low_resource_prob)?;
+        let (cfg, batch_size) = model_config(model, dataset.model_vocab())?;
+        let tc = TrainConfig {
+            model: cfg,
+            batch_size,
+            steps: self.steps,
+            lr: self.lr,
+            min_lr: self.min_lr,
+            warmup: self.warmup,
+            loss: Loss::PLAIN,
+            low_resource_prob: self.low_resource_prob,
+            seed: self.seed,
+            eval_interval: self.eval_interval,
+            eval_batches: self.eval_batches,
+            log_interval: self.log_interval,
+            stop_after: None,
+            analysis,
+        };
+        tc.validate()?;
+        Ok((dataset, tc))
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Train the character-level GPT (plain or threshold cross-entropy).
@@ -166,37 +225,14 @@ enum Cmd {
     Train {
         #[command(flatten)]
         model: ModelArgs,
-        /// Text file to train on (default: tiny Shakespeare, downloaded to data/ when missing).
-        #[arg(long)]
-        data: Option<PathBuf>,
+        #[command(flatten)]
+        run: RunArgs,
         /// Threshold margin (a number >= 0), or `off`; combines with --loss (e.g. counterpart).
         #[arg(long, default_value = "off", allow_hyphen_values = true)]
         margin: String,
         /// plain, margin:M, hard:K, counterpart, sampled:K, or a '+' mix such as hard:8+counterpart.
         #[arg(long, default_value = "plain")]
         loss: String,
-        #[arg(long, default_value_t = 8000, value_parser = args::steps)]
-        steps: u64,
-        #[arg(long, default_value_t = 1e-3)]
-        lr: f32,
-        #[arg(long, default_value_t = 1e-4)]
-        min_lr: f32,
-        #[arg(long, default_value_t = 100, value_parser = args::steps)]
-        warmup: u64,
-        /// Share of training sequences written in the shifted (low-resource) alphabet; 0 for one language.
-        #[arg(long, default_value_t = 0.02)]
-        low_resource_prob: f64,
-        #[arg(long, default_value_t = 1337)]
-        seed: u64,
-        /// Steps between validation losses and checkpoints (0: only at the end).
-        #[arg(long, default_value_t = 500, value_parser = args::steps)]
-        eval_interval: u64,
-        /// Validation batches per language at each eval.
-        #[arg(long, default_value_t = 20, value_parser = args::count)]
-        eval_batches: usize,
-        /// Steps between logged (and NaN-checked) training losses.
-        #[arg(long, default_value_t = 50, value_parser = args::steps)]
-        log_interval: u64,
         /// Output folder for model.safetensors, state.safetensors and metrics.jsonl.
         #[arg(long, default_value = "runs/default")]
         out: PathBuf,
@@ -207,9 +243,34 @@ enum Cmd {
         /// Stop with a checkpoint after this step (the schedule still spans --steps); --resume later.
         #[arg(long, value_parser = args::steps)]
         stop_after: Option<u64>,
-        /// vulkan, metal, dx12, gl, or cpu (the CPU twins).
+        /// Also log validation loss per token-frequency group and the embedding's gradient
+        /// roles (groups.json, roles.jsonl), as `experiment` does.
         #[arg(long)]
-        backend: Option<String>,
+        analysis: bool,
+    },
+    /// The Stop Jostling comparison: runs that differ only in the loss (plain cross-entropy and
+    /// the threshold margins, by default), each evaluated, then report.md with plots.
+    ///
+    /// Every run starts from the same weights and sees the same batches. A finished run is
+    /// not trained again and an interrupted one resumes, so rerunning the command continues.
+    #[command(allow_negative_numbers = true)]
+    Experiment {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Threshold margins to compare with plain cross-entropy (`none` for no margin runs).
+        #[arg(long, value_delimiter = ',', default_value = "8,4,2,1,0.5")]
+        margins: Vec<String>,
+        /// More runs, as --loss spells them (e.g. sampled:5,hard:8,counterpart+margin:1).
+        #[arg(long, value_delimiter = ',')]
+        also: Vec<String>,
+        /// Leave out the plain cross-entropy baseline.
+        #[arg(long)]
+        no_baseline: bool,
+        /// Output folder: runs/<loss>/ for each run, report.md, results.json and plots/.
+        #[arg(long, default_value = "runs/experiment")]
+        out: PathBuf,
     },
     /// Per-language loss, perplexity (with a temperature sweep), accuracy, recall@5 and MRR.
     #[command(allow_negative_numbers = true)]
@@ -353,40 +414,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Train {
             model,
-            data,
+            run,
             margin,
             loss,
-            steps,
-            lr,
-            min_lr,
-            warmup,
-            low_resource_prob,
-            seed,
-            eval_interval,
-            eval_batches,
-            log_interval,
             out,
             resume,
             stop_after,
-            backend,
+            analysis,
         } => {
-            let dataset = load_dataset(data.as_deref(), low_resource_prob)?;
-            let (cfg, batch_size) = model_config(&model, dataset.model_vocab())?;
-            let tc = TrainConfig {
-                model: cfg,
-                batch_size,
-                steps,
-                lr,
-                min_lr,
-                warmup,
-                loss: Loss::parse(&loss)?.with_margin(parse_margin(&margin)?)?,
-                low_resource_prob,
-                seed,
-                eval_interval,
-                eval_batches,
-                log_interval,
-                stop_after,
-            };
+            let (dataset, mut tc) = run.config(&model, analysis)?;
+            tc.loss = Loss::parse(&loss)?.with_margin(parse_margin(&margin)?)?;
+            tc.stop_after = stop_after;
+            let (cfg, steps, backend) = (tc.model, tc.steps, run.backend);
             train::preflight(&dataset, &tc, &out, resume)?;
             let mut be = open_backend(backend.as_deref())?;
             catch_ctrl_c();
@@ -424,6 +463,71 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Experiment {
+            model,
+            run,
+            margins,
+            also,
+            no_baseline,
+            out,
+        } => {
+            let (dataset, base) = run.config(&model, true)?;
+            let mut losses = Vec::new();
+            if !no_baseline {
+                losses.push(Loss::PLAIN);
+            }
+            if !(margins.len() == 1 && margins[0].eq_ignore_ascii_case("none")) {
+                for m in &margins {
+                    let margin = selfish::loss::parse_margin(m).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "invalid margin '{m}' in --margins: pass numbers >= 0 separated by commas, or none"
+                        )
+                    })?;
+                    losses.push(Loss {
+                        margin: Some(margin),
+                        ..Loss::PLAIN
+                    });
+                }
+            }
+            for a in &also {
+                losses.push(Loss::parse(a)?);
+            }
+            let command: Vec<String> = std::env::args().collect();
+            let mut be = open_backend(run.backend.as_deref())?;
+            catch_ctrl_c();
+            eprintln!(
+                "experiment on {}: {} runs of {} steps ({})",
+                be.name(),
+                losses.len(),
+                base.steps,
+                losses
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            match selfish::experiment::run(
+                be.as_mut(),
+                &dataset,
+                &base,
+                &losses,
+                &out,
+                &command.join(" "),
+                true,
+            )? {
+                Some(evals) => {
+                    println!("{}", selfish::report::verdict(&evals));
+                    println!("report: {}", out.join("report.md").display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!(
+                        "interrupted: the current run's checkpoint is saved; run the same command again to continue"
+                    );
+                    Ok(ExitCode::from(130))
+                }
+            }
         }
         Cmd::Eval {
             checkpoint,

@@ -298,6 +298,12 @@ pub struct Gpt {
     pub plain_loss: Buf,
     /// `[norm, clip scale]` of the last step's gradients.
     pub norm: Buf,
+    /// The head's input (ln_f's output), the loss gradient at the logits and, after the
+    /// backward pass, the gradient at the embedding output: what the gradient-role
+    /// analysis reads back.
+    pub head_in: Buf,
+    pub dlogits: Buf,
+    pub dx0: Buf,
     /// `[lr, 1 - β1^t, √(1 - β2^t), 0]`, written by the host every step.
     pub step_scalars: Buf,
     pub forward: Seq,
@@ -741,6 +747,9 @@ impl Gpt {
             plain_losses,
             plain_loss,
             norm,
+            head_in: lnf,
+            dlogits,
+            dx0: dres,
             step_scalars,
             forward,
             backward,

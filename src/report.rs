@@ -16,10 +16,38 @@ use crate::train::TrainConfig;
 
 /// The paper's figures for its setting (tiny Shakespeare, 2% second alphabet, the 4-layer
 /// model, 8000 steps): (run, language, ppl at T = 1, best ppl, best T, accuracy).
-pub const PAPER: &[(&str, &str, Option<f64>, Option<f64>, Option<f64>, Option<f64>)] = &[
-    ("plain", "shifted", Some(10.65), Some(10.63), None, Some(0.315)),
-    ("margin-2", "shifted", Some(11.56), Some(9.62), Some(0.67), None),
-    ("margin-1", "shifted", Some(17.30), Some(9.54), Some(0.46), Some(0.371)),
+pub const PAPER: &[(
+    &str,
+    &str,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+)] = &[
+    (
+        "plain",
+        "shifted",
+        Some(10.65),
+        Some(10.63),
+        None,
+        Some(0.315),
+    ),
+    (
+        "margin-2",
+        "shifted",
+        Some(11.56),
+        Some(9.62),
+        Some(0.67),
+        None,
+    ),
+    (
+        "margin-1",
+        "shifted",
+        Some(17.30),
+        Some(9.54),
+        Some(0.46),
+        Some(0.371),
+    ),
     ("margin-0.5", "shifted", Some(29.90), Some(9.63), None, None),
     ("plain", "base", Some(5.04), Some(5.01), None, None),
     ("margin-1", "base", Some(9.33), Some(5.13), None, None),
@@ -32,7 +60,7 @@ struct MetricsLine {
     #[serde(default)]
     val_loss: Option<Vec<(String, f32)>>,
     #[serde(default)]
-    groups: Option<Vec<f64>>,
+    groups: Option<Vec<Option<f64>>>,
 }
 
 #[derive(Deserialize)]
@@ -60,13 +88,22 @@ fn read_logs(dir: &Path) -> Result<RunLogs> {
         }
     };
     let mut metrics = Vec::new();
-    for l in lines("metrics.jsonl")?.iter().filter(|l| !l.trim().is_empty()) {
+    for l in lines("metrics.jsonl")?
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+    {
         metrics.push(serde_json::from_str(l).with_context(|| {
-            format!("'{}' has a damaged line", dir.join("metrics.jsonl").display())
+            format!(
+                "'{}' has a damaged line",
+                dir.join("metrics.jsonl").display()
+            )
         })?);
     }
     let mut roles = RolesMean::default();
-    for l in lines("roles.jsonl")?.iter().filter(|l| !l.trim().is_empty()) {
+    for l in lines("roles.jsonl")?
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+    {
         let r: RolesLine = serde_json::from_str(l).with_context(|| {
             format!("'{}' has a damaged line", dir.join("roles.jsonl").display())
         })?;
@@ -100,8 +137,7 @@ pub fn write(
     adapter: &str,
 ) -> Result<()> {
     let plots = out.join("plots");
-    fs::create_dir_all(&plots)
-        .with_context(|| format!("cannot create '{}'", plots.display()))?;
+    fs::create_dir_all(&plots).with_context(|| format!("cannot create '{}'", plots.display()))?;
     let logs: Vec<RunLogs> = evals
         .iter()
         .map(|e| {
@@ -115,7 +151,10 @@ pub fn write(
 
     let mut md = String::new();
     let m = &base.model;
-    writeln!(md, "# Threshold cross-entropy (\"selfish tokens\"): experiment report\n")?;
+    writeln!(
+        md,
+        "# Threshold cross-entropy (\"selfish tokens\"): experiment report\n"
+    )?;
     writeln!(md, "Made by `{command}`\n")?;
     writeln!(
         md,
@@ -188,12 +227,7 @@ pub fn write(
                 format!("{:.3}", own_signal_ratio(&r, range))
             }
         };
-        let iso = |name: &str| {
-            fmt_opt(
-                e.isotropy.iter().find(|(n, _)| n == name).map(|x| x.1),
-                3,
-            )
-        };
+        let iso = |name: &str| fmt_opt(e.isotropy.iter().find(|(n, _)| n == name).map(|x| x.1), 3);
         writeln!(
             md,
             "| {} | {} | {} | {} | {} | {:.0} s |",
@@ -240,10 +274,22 @@ pub fn write(
     writeln!(md, "\n## Plots\n")?;
     draw_plots(&plots, evals, &logs, base)?;
     for (file, caption) in [
-        ("ppl_vs_temperature", "Perplexity against temperature, per language and run"),
-        ("loss_curves", "Training loss (the run's own loss) and validation cross-entropy"),
-        ("frequency_groups", "Validation cross-entropy per token-frequency group over training"),
-        ("gradient_roles", "Gradient roles of each token's embedding against its training frequency"),
+        (
+            "ppl_vs_temperature",
+            "Perplexity against temperature, per language and run",
+        ),
+        (
+            "loss_curves",
+            "Training loss (the run's own loss) and validation cross-entropy",
+        ),
+        (
+            "frequency_groups",
+            "Validation cross-entropy per token-frequency group over training",
+        ),
+        (
+            "gradient_roles",
+            "Gradient roles of each token's embedding against its training frequency",
+        ),
     ] {
         writeln!(md, "![{caption}](plots/{file}.png)\n")?;
         writeln!(md, "*{caption}* ([SVG](plots/{file}.svg))\n")?;
@@ -289,7 +335,11 @@ pub fn verdict(evals: &[RunEval]) -> String {
         lines.push(format!(
             "- {run}: low-resource best perplexity {low:.3} vs {low0:.3} plain ({dl:+.1}%), \
              high-resource {high:.3} vs {h0:.3} ({dh:+.1}%): {}",
-            if ok { "as the paper reports" } else { "not as the paper reports" }
+            if ok {
+                "as the paper reports"
+            } else {
+                "not as the paper reports"
+            }
         ));
     }
     if checked == 0 {
@@ -405,8 +455,16 @@ fn draw_plots(plots: &Path, evals: &[RunEval], logs: &[RunLogs], base: &TrainCon
         .iter()
         .zip(logs)
         .map(|(e, lg)| {
-            let names = lg.groups.as_ref().map(|g| g.names.clone()).unwrap_or_default();
-            let per_alphabet = names.iter().filter(|n| n.starts_with("base")).count().max(1);
+            let names = lg
+                .groups
+                .as_ref()
+                .map(|g| g.names.clone())
+                .unwrap_or_default();
+            let per_alphabet = names
+                .iter()
+                .filter(|n| n.starts_with("base"))
+                .count()
+                .max(1);
             Panel {
                 title: e.name.clone(),
                 x_label: "step".into(),
@@ -419,9 +477,13 @@ fn draw_plots(plots: &Path, evals: &[RunEval], logs: &[RunLogs], base: &TrainCon
                         points: lg
                             .metrics
                             .iter()
-                            .filter_map(|l| Some((l.step as f64, *l.groups.as_ref()?.get(g)?)))
+                            .filter_map(|l| Some((l.step as f64, (*l.groups.as_ref()?.get(g)?)?)))
                             .collect(),
-                        mark: if g < per_alphabet { Mark::Line } else { Mark::Dashed },
+                        mark: if g < per_alphabet {
+                            Mark::Line
+                        } else {
+                            Mark::Dashed
+                        },
                         color: g % per_alphabet,
                     })
                     .collect(),

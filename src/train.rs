@@ -15,6 +15,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
+use crate::analysis::{roles, FreqGroups, StepBuffers};
 use crate::checkpoint::{self, Tensor, TensorFile};
 use crate::data::{eval_windows, Dataset, Vocab};
 use crate::loss::{noise_weights, Loss};
@@ -42,6 +43,10 @@ pub struct TrainConfig {
     pub log_interval: u64,
     /// Stop (with a checkpoint) after this step, keeping the schedule of `steps`; resume later.
     pub stop_after: Option<u64>,
+    /// Also log the experiment's measurements: validation loss per token-frequency group at
+    /// each eval, and the embedding's gradient roles at each log step (`roles.jsonl`).
+    #[serde(default)]
+    pub analysis: bool,
 }
 
 impl TrainConfig {
@@ -329,6 +334,76 @@ pub fn preflight(data: &Dataset, cfg: &TrainConfig, out: &Path, resume: bool) ->
     Ok(())
 }
 
+fn roles_path(dir: &Path) -> PathBuf {
+    dir.join("roles.jsonl")
+}
+
+/// The experiment's extra measurements during training (see [`TrainConfig::analysis`]).
+struct Analysis {
+    groups: FreqGroups,
+    roles: Option<fs::File>,
+    path: PathBuf,
+}
+
+impl Analysis {
+    /// Ranks the training text's characters into groups of 10 and records them in
+    /// `groups.json`.
+    fn new(data: &Dataset, model_vocab: usize, out: &Path) -> Result<Analysis> {
+        let v = data.vocab.len();
+        let groups = FreqGroups::new(&data.train, v, model_vocab == 2 * v, 10);
+        let path = out.join("groups.json");
+        fs::write(&path, serde_json::to_string(&groups)?).map_err(|e| {
+            anyhow!(
+                "cannot write '{}': {e}: pass a writable --out",
+                path.display()
+            )
+        })?;
+        Ok(Analysis {
+            groups,
+            roles: None,
+            path: roles_path(out),
+        })
+    }
+
+    /// Appends this step's gradient roles to `roles.jsonl`; reads back the step's batch
+    /// activations and gradients, so it runs at log intervals only.
+    fn log_roles(
+        &mut self,
+        model: &Gpt,
+        be: &mut dyn Backend,
+        x: &[u32],
+        y: &[u32],
+        step: u64,
+    ) -> Result<()> {
+        let r = roles(&StepBuffers {
+            idx: x,
+            targets: y,
+            dx0: &be.read_f32(model.dx0)?,
+            dlogits: &be.read_f32(model.dlogits)?,
+            h: &be.read_f32(model.head_in)?,
+            v: model.cfg.vocab_size,
+            c: model.cfg.n_embd,
+        });
+        let mut line = serde_json::to_value(&r)?;
+        line["step"] = step.into();
+        let mut text = serde_json::to_string(&line)?;
+        text.push('\n');
+        let path = &self.path;
+        let file = match &mut self.roles {
+            Some(f) => f,
+            None => self.roles.insert(
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| anyhow!("cannot open '{}': {e}", path.display()))?,
+            ),
+        };
+        file.write_all(text.as_bytes())
+            .map_err(|e| anyhow!("cannot write '{}': {e}: check free space", path.display()))
+    }
+}
+
 /// Keeps the metrics of steps up to `step` (a resumed run logs the later ones again) and
 /// drops a line cut short by a crash. Rewritten atomically like a checkpoint.
 fn trim_metrics(path: &Path, step: u64) -> Result<()> {
@@ -410,10 +485,21 @@ struct LogLine<'a> {
     tokens_per_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     val_loss: Option<&'a [(String, f32)]>,
+    /// Mean validation loss per token-frequency group (`groups.json` names them); null for
+    /// a group with no validation target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groups: Option<Vec<Option<f64>>>,
 }
 
-/// Mean plain cross-entropy over the first `batches` batches of validation windows.
-fn val_loss(model: &Gpt, be: &mut dyn Backend, tokens: &[u32], batches: usize) -> Result<f32> {
+/// Mean plain cross-entropy over the first `batches` batches of validation windows and,
+/// with `groups`, the sum and count of the per-position losses in each frequency group.
+fn val_loss(
+    model: &Gpt,
+    be: &mut dyn Backend,
+    tokens: &[u32],
+    batches: usize,
+    mut groups: Option<(&FreqGroups, &mut [f64], &mut [usize])>,
+) -> Result<f32> {
     let t = model.cfg.block_size;
     let windows: Vec<_> = eval_windows(tokens, t).collect();
     let mut total = 0.0f64;
@@ -428,6 +514,14 @@ fn val_loss(model: &Gpt, be: &mut dyn Backend, tokens: &[u32], batches: usize) -
         be.run(&[model.forward, model.eval_loss])?;
         total += be.read_f32(model.plain_loss)?[0] as f64;
         n += 1;
+        if let Some((g, sums, counts)) = groups.as_mut() {
+            let per_position = be.read_f32(model.plain_losses)?;
+            for (&l, &target) in per_position.iter().zip(&y) {
+                let k = g.group_of[target as usize];
+                sums[k] += l as f64;
+                counts[k] += 1;
+            }
+        }
     }
     Ok(if n == 0 {
         f32::NAN
@@ -495,11 +589,18 @@ pub fn train(
     if resume {
         (start, data_rng) = restore(be, &model, data, cfg, out)?;
         trim_metrics(&metrics_path(out), start)?;
+        trim_metrics(&roles_path(out), start)?;
     } else {
         let mut init_rng = Rng::new(cfg.seed);
         model.set_params(be, &init_params(&cfg.model, &mut init_rng))?;
         let _ = fs::remove_file(metrics_path(out));
+        let _ = fs::remove_file(roles_path(out));
     }
+    let mut analysis = if cfg.analysis {
+        Some(Analysis::new(data, cfg.model.vocab_size, out)?)
+    } else {
+        None
+    };
 
     // Opened on the first line, so a run that fails before logging leaves no empty file.
     let mut log: Option<fs::File> = None;
@@ -581,12 +682,29 @@ pub fn train(
             window_steps = 0;
             losses.push((step + 1, last_loss));
             bar.set_message(format!("loss {last_loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
+            if let Some(a) = &mut analysis {
+                a.log_roles(&model, be, &x, &y, step + 1).map_err(failed)?;
+            }
             let mut val = None;
             let mut vals = Vec::new();
+            let mut group_means = None;
             if eval_now {
+                let ng = analysis.as_ref().map_or(0, |a| a.groups.names.len());
+                let (mut sums, mut counts) = (vec![0.0f64; ng], vec![0usize; ng]);
                 for (name, toks) in &langs {
-                    let l = val_loss(&model, be, toks, cfg.eval_batches).map_err(failed)?;
+                    let g = analysis
+                        .as_ref()
+                        .map(|a| (&a.groups, &mut sums[..], &mut counts[..]));
+                    let l = val_loss(&model, be, toks, cfg.eval_batches, g).map_err(failed)?;
                     vals.push((name.clone(), l));
+                }
+                if analysis.is_some() {
+                    group_means = Some(
+                        sums.iter()
+                            .zip(&counts)
+                            .map(|(&s, &k)| (k > 0).then(|| s / k as f64))
+                            .collect(),
+                    );
                 }
                 bar.println(format!(
                     "step {}: train loss {last_loss:.4}, val {}",
@@ -604,6 +722,7 @@ pub fn train(
                 lr,
                 tokens_per_s: tps,
                 val_loss: val,
+                groups: group_means,
             })?;
             line.push('\n');
             let path = metrics_path(out);
@@ -655,6 +774,15 @@ pub fn train(
 
 /// Metrics of one language, over all of its validation windows.
 pub fn evaluate_language(model: &Gpt, be: &mut dyn Backend, tokens: &[u32]) -> Result<LangMetrics> {
+    Ok(evaluate_language_sweep(model, be, tokens)?.0)
+}
+
+/// [`evaluate_language`] plus perplexity at every temperature of the sweep.
+pub fn evaluate_language_sweep(
+    model: &Gpt,
+    be: &mut dyn Backend,
+    tokens: &[u32],
+) -> Result<(LangMetrics, Vec<(f64, f64)>)> {
     let t = model.cfg.block_size;
     let windows: Vec<_> = eval_windows(tokens, t).collect();
     if windows.is_empty() {
@@ -678,7 +806,7 @@ pub fn evaluate_language(model: &Gpt, be: &mut dyn Backend, tokens: &[u32]) -> R
         let logits = be.read_f32(model.logits)?;
         acc.add(&logits[..real * model.cfg.vocab_size], &y[..real]);
     }
-    Ok(acc.finish())
+    Ok((acc.finish(), acc.ppl_by_temperature()))
 }
 
 /// Builds a forward-only model from a checkpoint.
