@@ -14,43 +14,43 @@ use crate::loss::Loss;
 use crate::plot::{chart, Mark, Panel, Series};
 use crate::train::TrainConfig;
 
+/// One figure row of the paper: perplexity at T = 1, best perplexity, its T, accuracy.
+pub struct PaperRow {
+    pub run: &'static str,
+    pub language: &'static str,
+    pub ppl: Option<f64>,
+    pub best_ppl: Option<f64>,
+    pub best_t: Option<f64>,
+    pub accuracy: Option<f64>,
+}
+
+const fn row(
+    run: &'static str,
+    language: &'static str,
+    ppl: f64,
+    best_ppl: f64,
+    best_t: Option<f64>,
+    accuracy: Option<f64>,
+) -> PaperRow {
+    PaperRow {
+        run,
+        language,
+        ppl: Some(ppl),
+        best_ppl: Some(best_ppl),
+        best_t,
+        accuracy,
+    }
+}
+
 /// The paper's figures for its setting (tiny Shakespeare, 2% second alphabet, the 4-layer
-/// model, 8000 steps): (run, language, ppl at T = 1, best ppl, best T, accuracy).
-pub const PAPER: &[(
-    &str,
-    &str,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-)] = &[
-    (
-        "plain",
-        "shifted",
-        Some(10.65),
-        Some(10.63),
-        None,
-        Some(0.315),
-    ),
-    (
-        "margin-2",
-        "shifted",
-        Some(11.56),
-        Some(9.62),
-        Some(0.67),
-        None,
-    ),
-    (
-        "margin-1",
-        "shifted",
-        Some(17.30),
-        Some(9.54),
-        Some(0.46),
-        Some(0.371),
-    ),
-    ("margin-0.5", "shifted", Some(29.90), Some(9.63), None, None),
-    ("plain", "base", Some(5.04), Some(5.01), None, None),
-    ("margin-1", "base", Some(9.33), Some(5.13), None, None),
+/// model, 8000 steps).
+pub const PAPER: &[PaperRow] = &[
+    row("plain", "shifted", 10.65, 10.63, None, Some(0.315)),
+    row("margin-2", "shifted", 11.56, 9.62, Some(0.67), None),
+    row("margin-1", "shifted", 17.30, 9.54, Some(0.46), Some(0.371)),
+    row("margin-0.5", "shifted", 29.90, 9.63, None, None),
+    row("plain", "base", 5.04, 5.01, None, None),
+    row("margin-1", "base", 9.33, 5.13, None, None),
 ];
 
 #[derive(Deserialize)]
@@ -251,19 +251,21 @@ pub fn write(
         "| run | language | ppl (T=1) | best ppl | at T | accuracy | ours: best ppl |"
     )?;
     writeln!(md, "|---|---|---|---|---|---|---|")?;
-    for &(run, language, ppl, best, t, acc) in PAPER {
+    for p in PAPER {
         let ours = evals
             .iter()
-            .find(|e| e.name == run)
-            .and_then(|e| lang(e, language))
+            .find(|e| e.name == p.run)
+            .and_then(|e| lang(e, p.language))
             .map(|l| l.metrics.best_ppl);
         writeln!(
             md,
-            "| {run} | {language} | {} | {} | {} | {} | {} |",
-            fmt_opt(ppl, 2),
-            fmt_opt(best, 2),
-            fmt_opt(t, 2),
-            fmt_opt(acc, 3),
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            p.run,
+            p.language,
+            fmt_opt(p.ppl, 2),
+            fmt_opt(p.best_ppl, 2),
+            fmt_opt(p.best_t, 2),
+            fmt_opt(p.accuracy, 3),
             fmt_opt(ours, 2)
         )?;
     }

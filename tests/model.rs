@@ -89,6 +89,7 @@ fn tiny_config(data: &Dataset, steps: u64, loss: &str) -> TrainConfig {
         eval_batches: 2,
         log_interval: 1,
         stop_after: None,
+        analysis: false,
     }
 }
 

@@ -52,6 +52,7 @@ fn tiny(data: &Dataset, steps: u64) -> TrainConfig {
         eval_batches: 1,
         log_interval: 1,
         stop_after: None,
+        analysis: false,
     }
 }
 
