@@ -63,7 +63,8 @@ pub fn run_dir(out: &Path, loss: &Loss) -> PathBuf {
 }
 
 fn config_json(cfg: &TrainConfig) -> Result<serde_json::Value> {
-    let mut v = serde_json::to_value(cfg)?;
+    // Through text, as the state file stores it: f32 fields then compare equal.
+    let mut v: serde_json::Value = serde_json::from_str(&serde_json::to_string(cfg)?)?;
     // Where training stops is not part of what the run is.
     if let Some(o) = v.as_object_mut() {
         o.remove("stop_after");
@@ -87,7 +88,7 @@ pub fn finished(dir: &Path, cfg: &TrainConfig) -> Result<Option<RunEval>> {
 }
 
 /// Trains (or resumes) and evaluates one run, unless it already finished. `None`: training
-/// was interrupted (Ctrl-C) after saving a checkpoint.
+/// stopped early (Ctrl-C, or `stop_after`) after saving a checkpoint.
 pub fn run_one(
     be: &mut dyn Backend,
     data: &Dataset,
@@ -131,7 +132,7 @@ pub fn run_one(
     );
     let t0 = std::time::Instant::now();
     let summary = train::train(be, data, cfg, &dir, resume, progress)?;
-    if summary.interrupted {
+    if summary.interrupted || summary.step < cfg.steps {
         return Ok(None);
     }
     // Training time of this session only; a resumed run adds to what eval.json recorded.
@@ -170,8 +171,8 @@ pub fn run_one(
 }
 
 /// Runs every loss in `losses` on `base` (which fixes everything else), then writes the
-/// report. Returns the evaluations in run order, or `None` when Ctrl-C interrupted a run
-/// (its checkpoint is saved; running the experiment again continues it).
+/// report. Returns the evaluations in run order, or `None` when a run stopped early (Ctrl-C
+/// or `stop_after`; its checkpoint is saved, and running the experiment again continues it).
 pub fn run(
     be: &mut dyn Backend,
     data: &Dataset,

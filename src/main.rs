@@ -472,7 +472,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             no_baseline,
             out,
         } => {
-            let (dataset, base) = run.config(&model, true)?;
             let mut losses = Vec::new();
             if !no_baseline {
                 losses.push(Loss::PLAIN);
@@ -493,6 +492,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for a in &also {
                 losses.push(Loss::parse(a)?);
             }
+            let (dataset, base) = run.config(&model, true)?;
             let command: Vec<String> = std::env::args().collect();
             let mut be = open_backend(run.backend.as_deref())?;
             catch_ctrl_c();

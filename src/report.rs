@@ -552,3 +552,58 @@ fn draw_plots(plots: &Path, evals: &[RunEval], logs: &[RunLogs], base: &TrainCon
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::LangEval;
+    use crate::metrics::LangMetrics;
+
+    fn ev(name: &str, base_best: f64, shifted_best: f64) -> RunEval {
+        let lang = |language: &str, best_ppl: f64| LangEval {
+            language: language.into(),
+            metrics: LangMetrics {
+                tokens: 100,
+                loss: best_ppl.ln(),
+                ppl: best_ppl,
+                best_ppl,
+                best_temperature: 1.0,
+                accuracy: 0.3,
+                recall_at_5: 0.6,
+                mrr: 0.4,
+            },
+            ppl_by_temperature: vec![(1.0, best_ppl)],
+        };
+        RunEval {
+            name: name.into(),
+            loss: name.replace('-', ":"),
+            steps: 10,
+            config: serde_json::Value::Null,
+            languages: vec![lang("base", base_best), lang("shifted", shifted_best)],
+            isotropy: vec![],
+            train_seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn verdict_follows_the_criterion() {
+        let holds = verdict(&[
+            ev("plain", 5.0, 10.6),
+            ev("margin-2", 5.1, 9.6),
+            ev("margin-1", 5.13, 9.5),
+        ]);
+        assert!(holds.contains("direction holds"), "{holds}");
+        assert!(holds.contains("-10.4%"), "{holds}");
+        // high-resource 8% worse: not what the paper reports
+        let fails = verdict(&[
+            ev("plain", 5.0, 10.6),
+            ev("margin-2", 5.4, 9.6),
+            ev("margin-1", 5.1, 9.5),
+        ]);
+        assert!(fails.contains("does not hold"), "{fails}");
+        // low-resource worse
+        let fails = verdict(&[ev("plain", 5.0, 10.6), ev("margin-1", 5.0, 11.0)]);
+        assert!(fails.contains("does not hold"), "{fails}");
+        assert!(verdict(&[ev("plain", 5.0, 10.6)]).starts_with("Not checked"));
+    }
+}
