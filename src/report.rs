@@ -456,7 +456,8 @@ fn draw_plots(plots: &Path, evals: &[RunEval], logs: &[RunLogs], base: &TrainCon
     let panels: Vec<Panel> = evals
         .iter()
         .zip(logs)
-        .map(|(e, lg)| {
+        .enumerate()
+        .map(|(panel, (e, lg))| {
             let names = lg
                 .groups
                 .as_ref()
@@ -475,7 +476,8 @@ fn draw_plots(plots: &Path, evals: &[RunEval], logs: &[RunLogs], base: &TrainCon
                     .iter()
                     .enumerate()
                     .map(|(g, n)| Series {
-                        name: n.clone(),
+                        // one legend is enough
+                        name: if panel == 0 { n.clone() } else { String::new() },
                         points: lg
                             .metrics
                             .iter()
