@@ -78,6 +78,27 @@ fn order_key(v: f32) -> u32 {
     return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
 }
 
+// Whether candidate j is among the hard_k best candidates of its row: fewer than hard_k
+// candidates rank before it (the search stops at hard_k).
+fn in_top_k(base: u32, j: u32, t: u32, twin: u32, thr: f32) -> bool {
+    let masking = p.use_margin != 0u;
+    let v = logits[base + j];
+    if (j == t || j == twin || (masking && v < thr)) {
+        return false;
+    }
+    let key = order_key(v);
+    var rank = 0u;
+    for (var i = 0u; i < p.cols && rank < p.hard_k; i += 1u) {
+        let u = logits[base + i];
+        let ku = order_key(u);
+        if (i != t && i != twin && (!masking || u >= thr)
+            && (ku > key || (ku == key && i < j))) {
+            rank += 1u;
+        }
+    }
+    return rank < p.hard_k;
+}
+
 // Membership of K_r; with ranking on, the flag the calling invocation parked in dlogits.
 fn is_kept(base: u32, j: u32, t: u32, twin: u32, v: f32, thr: f32, ranking: bool) -> bool {
     if (j == t) {
@@ -117,22 +138,7 @@ fn cross_entropy(
     let ranking = p.hard_k != 0u && p.hard_k < p.cols - 1u;
     if (ranking) {
         for (var j = li; j < p.cols; j += WG) {
-            let v = logits[base + j];
-            var keep = false;
-            if (j != t && j != twin && (!masking || v >= thr)) {
-                let key = order_key(v);
-                var rank = 0u;
-                for (var i = 0u; i < p.cols && rank < p.hard_k; i += 1u) {
-                    let u = logits[base + i];
-                    let ku = order_key(u);
-                    if (i != t && i != twin && (!masking || u >= thr)
-                        && (ku > key || (ku == key && i < j))) {
-                        rank += 1u;
-                    }
-                }
-                keep = rank < p.hard_k;
-            }
-            dlogits[base + j] = select(0.0, 1.0, keep);
+            dlogits[base + j] = select(0.0, 1.0, in_top_k(base, j, t, twin, thr));
         }
     }
 
@@ -193,22 +199,7 @@ fn cross_entropy_rows(
     let ranking = p.hard_k != 0u && p.hard_k < p.cols - 1u;
     if (ranking) {
         for (var j = 0u; j < p.cols; j += 1u) {
-            let v = logits[base + j];
-            var keep = false;
-            if (j != t && j != twin && (!masking || v >= thr)) {
-                let key = order_key(v);
-                var rank = 0u;
-                for (var i = 0u; i < p.cols && rank < p.hard_k; i += 1u) {
-                    let u = logits[base + i];
-                    let ku = order_key(u);
-                    if (i != t && i != twin && (!masking || u >= thr)
-                        && (ku > key || (ku == key && i < j))) {
-                        rank += 1u;
-                    }
-                }
-                keep = rank < p.hard_k;
-            }
-            dlogits[base + j] = select(0.0, 1.0, keep);
+            dlogits[base + j] = select(0.0, 1.0, in_top_k(base, j, t, twin, thr));
         }
     }
     var mx = lt;

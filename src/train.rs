@@ -617,6 +617,14 @@ pub fn train(
         .expect("valid template"),
     );
     bar.set_position(start);
+    // Milestones go above the bar, or to stderr when it is not a terminal (a log file).
+    let say = |msg: String| {
+        if progress && bar.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            bar.println(msg);
+        }
+    };
 
     let tokens_per_step = (cfg.batch_size * cfg.model.block_size) as f64;
     let mut losses = Vec::new();
@@ -706,7 +714,7 @@ pub fn train(
                             .collect(),
                     );
                 }
-                bar.println(format!(
+                say(format!(
                     "step {}: train loss {last_loss:.4}, val {}",
                     step + 1,
                     vals.iter()
@@ -753,7 +761,7 @@ pub fn train(
         bar.set_position(step + 1);
     }
     if start >= end {
-        bar.println(format!("already trained {start} of {} steps", cfg.steps));
+        say(format!("already trained {start} of {} steps", cfg.steps));
     } else if done > start && saved != Some(done) {
         save_checkpoint(out, &model, be, &data.vocab, cfg, done, &data_rng).map_err(|e| {
             anyhow!(
