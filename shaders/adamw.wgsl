@@ -20,6 +20,8 @@
 //   v[i] = beta2 * v[i] + (1 - beta2) * gi * gi
 //   p[i] = p[i] * (1 - lr * weight_decay)                      (decoupled decay, old p)
 //   p[i] = p[i] - (lr / bc1) * m[i] / (sqrt(v[i]) / sqrt_bc2 + eps)
+// step4: the same update four elements at a time through vec4 views of g, p, m and v (for n a
+//   multiple of 4; every operation is element-wise, so the bits are step's).
 // All arrays are f32; partials holds at least slot + G (sum_squares) or n (grad_norm) values.
 
 struct Params {
@@ -40,6 +42,10 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> m: array<f32>;
 @group(0) @binding(6) var<storage, read_write> v: array<f32>;
 @group(0) @binding(7) var<storage, read> step_info: array<f32>;
+@group(0) @binding(8) var<storage, read> g4: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read_write> param4: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> m4: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read_write> v4: array<vec4<f32>>;
 
 var<workgroup> red: array<f32, 256>;
 
@@ -128,4 +134,26 @@ fn step(
     v[i] = vi;
     let decayed = param[i] * (1.0 - lr * p.weight_decay);
     param[i] = decayed - (lr / bc1) * mi / (sqrt(vi) / sqrt_bc2 + p.eps);
+}
+
+@compute @workgroup_size(256)
+fn step4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let i = (wid.x + wid.y * nwg.x) * 256u + lid.x;
+    if i >= p.n / 4u {
+        return;
+    }
+    let lr = step_info[0];
+    let bc1 = step_info[1];
+    let sqrt_bc2 = step_info[2];
+    let gi = g4[i] * norm[1];
+    let mi = p.beta1 * m4[i] + (1.0 - p.beta1) * gi;
+    let vi = p.beta2 * v4[i] + (1.0 - p.beta2) * gi * gi;
+    m4[i] = mi;
+    v4[i] = vi;
+    let decayed = param4[i] * (1.0 - lr * p.weight_decay);
+    param4[i] = decayed - (lr / bc1) * mi / (sqrt(vi) / sqrt_bc2 + p.eps);
 }

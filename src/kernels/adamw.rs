@@ -73,7 +73,8 @@ pub fn launch_grad_norm(count: u32, clip: f32, partials: Buf, norm: Buf) -> Laun
     }
 }
 
-/// One AdamW update of `p` (and its moments `m`, `v`) from `g * norm[1]`.
+/// One AdamW update of `p` (and its moments `m`, `v`) from `g * norm[1]`; four elements per
+/// invocation when `n` allows.
 #[allow(clippy::too_many_arguments)]
 pub fn launch_step(
     n: u32,
@@ -85,6 +86,15 @@ pub fn launch_step(
     norm: Buf,
     step: Buf,
 ) -> Launch {
+    if n.is_multiple_of(4) {
+        return Launch {
+            shader: "adamw",
+            entry: "step4",
+            params: params(n, 0, 0.0, Some(h)),
+            bufs: vec![(8, g), (3, norm), (9, p), (10, m), (11, v), (7, step)],
+            groups: elem_grid(n / 4),
+        };
+    }
     Launch {
         shader: "adamw",
         entry: "step",

@@ -23,7 +23,17 @@ fn gelu_grad(x: f64) -> f64 {
     norm_cdf(x) + x * FRAC_1_SQRT_2PI * (-0.5 * x * x).exp()
 }
 
+/// Four elements per invocation when `n` allows (the same bits either way).
 pub fn launch_fwd(n: u32, x: Buf, y: Buf) -> Launch {
+    if n.is_multiple_of(4) {
+        return Launch {
+            shader: "gelu",
+            entry: "gelu_fwd4",
+            params: vec![n],
+            bufs: vec![(5, x), (6, y)],
+            groups: elem_grid(n / 4),
+        };
+    }
     Launch {
         shader: "gelu",
         entry: "gelu_fwd",
@@ -35,6 +45,15 @@ pub fn launch_fwd(n: u32, x: Buf, y: Buf) -> Launch {
 
 /// Overwrites `dx` (the MLP's hidden activation has no other gradient path).
 pub fn launch_bwd(n: u32, x: Buf, dy: Buf, dx: Buf) -> Launch {
+    if n.is_multiple_of(4) {
+        return Launch {
+            shader: "gelu",
+            entry: "gelu_bwd4",
+            params: vec![n],
+            bufs: vec![(5, x), (7, dy), (8, dx)],
+            groups: elem_grid(n / 4),
+        };
+    }
     Launch {
         shader: "gelu",
         entry: "gelu_bwd",
