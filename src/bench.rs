@@ -93,10 +93,11 @@ pub struct MemoryRow {
     /// Everything the backend holds for the model (buffers, and on the GPU the uniforms
     /// of every compiled dispatch): allocation happens once, so this is also the peak.
     pub peak_bytes: u64,
+    /// The rest are the model's buffers by kind, from its allocation plan.
     pub params_bytes: u64,
     pub grads_bytes: u64,
     pub optimizer_bytes: u64,
-    /// Saved activations, logits and backward scratch.
+    /// Saved activations, logits, backward scratch and the small per-step buffers.
     pub activations_bytes: u64,
 }
 
@@ -273,14 +274,30 @@ fn bench_step(
     // sampled:K draws from a noise table; uniform stands in for training counts here.
     model.set_noise(be, &vec![1.0; cfg.vocab_size], 1)?;
     let held = be.allocated_bytes() - before;
-    let p = cfg.num_params() as u64 * 4;
+    // The model's own buffers by kind, from the allocation plan (without the uniforms and
+    // padding the backend adds, which `held` counts).
+    let plan = crate::model::buffer_plan(&cfg, loss_fn, OptConfig::default())?;
+    let names: Vec<String> = crate::model::param_specs(&cfg)
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    let bytes = |keep: &dyn Fn(&str) -> bool| -> u64 {
+        plan.iter()
+            .filter(|b| keep(&b.label))
+            .map(|b| b.bytes(batch) as u64)
+            .sum()
+    };
+    let params = bytes(&|l| names.iter().any(|n| n == l));
+    let grads = bytes(&|l| l.starts_with("grad "));
+    let optimizer = bytes(&|l| l.starts_with("adam_m ") || l.starts_with("adam_v "));
+    let all = bytes(&|_| true);
     let memory = MemoryRow {
         config: config.to_string(),
         peak_bytes: held,
-        params_bytes: p,
-        grads_bytes: p,
-        optimizer_bytes: 2 * p,
-        activations_bytes: held.saturating_sub(4 * p),
+        params_bytes: params,
+        grads_bytes: grads,
+        optimizer_bytes: optimizer,
+        activations_bytes: all - params - grads - optimizer,
     };
     let mut rng = Rng::new(1337);
     model.set_params(be, &init_params(&cfg, &mut rng))?;
