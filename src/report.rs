@@ -58,6 +58,8 @@ struct MetricsLine {
     step: u64,
     loss: f32,
     #[serde(default)]
+    tokens_per_s: f64,
+    #[serde(default)]
     val_loss: Option<Vec<(String, f32)>>,
     #[serde(default)]
     groups: Option<Vec<Option<f64>>>,
@@ -118,6 +120,20 @@ fn read_logs(dir: &Path) -> Result<RunLogs> {
         roles,
         groups,
     })
+}
+
+/// Seconds spent in training steps, from the throughput each log line measured since the
+/// one before (so a run resumed over several sessions is counted once, evaluations not).
+fn training_seconds(metrics: &[MetricsLine], tokens_per_step: f64) -> f64 {
+    let mut prev = 0;
+    let mut total = 0.0;
+    for l in metrics {
+        if l.tokens_per_s > 0.0 {
+            total += l.step.saturating_sub(prev) as f64 * tokens_per_step / l.tokens_per_s;
+        }
+        prev = l.step;
+    }
+    total
 }
 
 fn lang<'a>(ev: &'a RunEval, name: &str) -> Option<&'a crate::experiment::LangEval> {
@@ -236,7 +252,7 @@ pub fn write(
             if two { ratio(v..2 * v) } else { "–".into() },
             iso("base"),
             iso("shifted"),
-            e.train_seconds
+            training_seconds(&lg.metrics, (base.batch_size * m.block_size) as f64)
         )?;
     }
 
