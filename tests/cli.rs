@@ -1,5 +1,7 @@
 //! The command line as a user runs it: train, eval, sample, and clear one-line errors.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -15,13 +17,6 @@ fn text(o: &Output) -> (String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("selfish-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn corpus(dir: &std::path::Path) -> PathBuf {
@@ -66,7 +61,7 @@ fn assert_clean_error(o: &Output, needle: &str) {
 
 #[test]
 fn train_eval_sample_end_to_end() {
-    let dir = tempdir("e2e");
+    let dir = common::tempdir("e2e");
     let data = corpus(&dir);
     let out = dir.join("run");
     let small = [
@@ -200,7 +195,7 @@ fn train_eval_sample_end_to_end() {
 
 #[test]
 fn bad_input_gives_one_line_errors() {
-    let dir = tempdir("errors");
+    let dir = common::tempdir("errors");
     let data = corpus(&dir);
     let d = data.to_str().unwrap();
     let missing = dir.join("nope.txt");

@@ -2,6 +2,8 @@
 //! exit non-zero with exactly one `error:` line naming the problem and the fix, no panic, and
 //! leave no file behind or changed.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -80,13 +82,6 @@ fn train_with(data: &Path, out: &Path, flag: &str, value: &str, extra: &[&str]) 
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     selfish(&refs)
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("selfish-errors-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// A few kilobytes of varied text (about 24 distinct characters).
@@ -174,7 +169,7 @@ fn trained(dir: &Path) -> (PathBuf, PathBuf) {
 
 #[test]
 fn data_errors() {
-    let dir = tempdir("data");
+    let dir = common::tempdir("data");
     let out = dir.join("run");
     let text = corpus_text();
 
@@ -236,7 +231,7 @@ fn data_errors() {
 
 #[test]
 fn config_errors() {
-    let dir = tempdir("config");
+    let dir = common::tempdir("config");
     let data = write(&dir, "corpus.txt", corpus_text());
     let out = dir.join("run");
     for flag in [
@@ -362,7 +357,7 @@ fn edit_meta(src: &Path, dst: &Path, key: &str, value: &str) {
 
 #[test]
 fn checkpoint_and_fixture_errors() {
-    let dir = tempdir("ckpt");
+    let dir = common::tempdir("ckpt");
     let (data, run) = trained(&dir);
     let model = run.join("model.safetensors");
     let eval = |ckpt: &Path| {
@@ -613,7 +608,7 @@ fn absent_backend() -> &'static str {
 
 #[test]
 fn gpu_errors() {
-    let dir = tempdir("gpu");
+    let dir = common::tempdir("gpu");
     let data = write(&dir, "corpus.txt", corpus_text());
     let d = data.to_str().unwrap();
     let out = dir.join("run");

@@ -1,6 +1,8 @@
 //! `selfish experiment` on the GPU adapter with a budget CI can afford: two runs of a tiny
 //! model, interrupted and resumed, then the report a user reads.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -8,42 +10,8 @@ use selfish::data::Dataset;
 use selfish::experiment::{self, RunEval};
 use selfish::loss::Loss;
 use selfish::model::GptConfig;
-use selfish::rng::Rng;
 use selfish::runtime::GpuBackend;
 use selfish::train::TrainConfig;
-
-fn text(n: usize) -> String {
-    let words = [
-        "the ",
-        "selfish ",
-        "token ",
-        "jostles ",
-        "rare ",
-        "and ",
-        "common ",
-        "letters ",
-        "quietly, ",
-        "Zephyr ",
-        "quoth ",
-        "KING:\n",
-        "so ",
-        "we ",
-        "go.\n",
-    ];
-    let mut rng = Rng::new(5);
-    let mut s = String::new();
-    while s.len() < n {
-        s.push_str(words[rng.below(words.len())]);
-    }
-    s
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("selfish-exp-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn base(data: &Dataset) -> TrainConfig {
     TrainConfig {
@@ -84,8 +52,8 @@ fn steps_logged(dir: &Path) -> Vec<u64> {
 
 #[test]
 fn experiment_runs_resumes_and_reports() {
-    let data = Dataset::from_text(&text(30_000), 0.2).unwrap();
-    let out = tempdir("run");
+    let data = Dataset::from_text(&common::synthetic_text(30_000, 5), 0.2).unwrap();
+    let out = common::tempdir("run");
     let losses = [Loss::PLAIN, Loss::parse("margin:1").unwrap()];
     let mut gpu = GpuBackend::open(None).expect("a GPU adapter (CI installs Mesa's lavapipe)");
 

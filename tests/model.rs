@@ -1,13 +1,14 @@
 //! The whole model: against PyTorch (the gpt-tiny fixture) on the GPU and the CPU, GPU against
 //! CPU over 20 training steps, reproducibility, and exact resume.
 
+mod common;
+
 use std::path::Path;
 
 use selfish::data::Dataset;
 use selfish::fixture::check_fixture;
 use selfish::loss::Loss;
 use selfish::model::GptConfig;
-use selfish::rng::Rng;
 use selfish::runtime::{Backend, CpuBackend, GpuBackend};
 use selfish::train::{self, TrainConfig};
 
@@ -39,33 +40,6 @@ fn fixture_matches_pytorch_on_gpu() {
 #[test]
 fn fixture_matches_pytorch_on_cpu() {
     fixture_passes(&mut CpuBackend::new());
-}
-
-/// A made-up text with a skewed character distribution, so tests need no download.
-pub fn synthetic_text(n: usize) -> String {
-    let words = [
-        "the ",
-        "selfish ",
-        "token ",
-        "jostles ",
-        "rare ",
-        "and ",
-        "common ",
-        "letters ",
-        "quietly, ",
-        "Zephyr ",
-        "quoth ",
-        "KING:\n",
-        "so ",
-        "we ",
-        "go.\n",
-    ];
-    let mut rng = Rng::new(42);
-    let mut s = String::new();
-    while s.len() < n {
-        s.push_str(words[rng.below(words.len())]);
-    }
-    s
 }
 
 fn tiny_config(data: &Dataset, steps: u64, loss: &str) -> TrainConfig {
@@ -107,7 +81,7 @@ fn run(
 
 #[test]
 fn gpu_and_cpu_training_agree_over_20_steps() {
-    let data = Dataset::from_text(&synthetic_text(20_000), 0.1).unwrap();
+    let data = Dataset::from_text(&common::synthetic_text(20_000, 42), 0.1).unwrap();
     for loss in [
         "plain",
         "margin:1",
@@ -116,7 +90,7 @@ fn gpu_and_cpu_training_agree_over_20_steps() {
         "sampled:8",
     ] {
         let cfg = tiny_config(&data, 20, loss);
-        let dir = tempdir("agree");
+        let dir = common::tempdir("agree");
         let g = run(&mut gpu(), &cfg, &data, &dir.join("gpu"), false);
         let c = run(&mut CpuBackend::new(), &cfg, &data, &dir.join("cpu"), false);
         assert_eq!(g.len(), 20);
@@ -133,11 +107,11 @@ fn gpu_and_cpu_training_agree_over_20_steps() {
 
 #[test]
 fn same_seed_same_losses_and_resume_is_exact() {
-    let data = Dataset::from_text(&synthetic_text(20_000), 0.1).unwrap();
+    let data = Dataset::from_text(&common::synthetic_text(20_000, 42), 0.1).unwrap();
     let mut be = gpu();
     // sampled:K also checks that the negatives depend on (step, seed) only.
     for loss in ["margin:2", "sampled:4"] {
-        let dir = tempdir(&format!("resume-{}", loss.replace(':', "")));
+        let dir = common::tempdir(&format!("resume-{}", loss.replace(':', "")));
         let full_cfg = tiny_config(&data, 12, loss);
         let a = run(&mut be, &full_cfg, &data, &dir.join("a"), false);
         let b = run(&mut be, &full_cfg, &data, &dir.join("b"), false);
@@ -157,11 +131,4 @@ fn same_seed_same_losses_and_resume_is_exact() {
             "{loss}: 6 steps + resume 6 must equal 12 in one go"
         );
     }
-}
-
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("selfish-test-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }

@@ -1,7 +1,9 @@
 //! Nothing lost: exact resume, Ctrl-C, SIGKILL, a crash between or during checkpoint saves,
 //! a NaN loss, and a lost GPU device.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,13 +12,6 @@ use selfish::data::Dataset;
 use selfish::model::GptConfig;
 use selfish::runtime::{Backend, Buf, CpuBackend, Dtype, GpuBackend, Seq};
 use selfish::train::{self, TrainConfig};
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("selfish-recovery-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn corpus_text() -> String {
     let words = [
@@ -71,7 +66,7 @@ fn no_tmp_files(dir: &Path) {
 /// checkpoint files byte for byte (moments, step, schedule and data RNG all restored).
 fn resume_is_exact(be: &mut dyn Backend, tag: &str) {
     let data = Dataset::from_text(&corpus_text(), 0.1).unwrap();
-    let dir = tempdir(tag);
+    let dir = common::tempdir(tag);
     let cfg = tiny(&data, 200);
     let whole = train::train(be, &data, &cfg, &dir.join("whole"), false, false).unwrap();
     assert_eq!(whole.losses.len(), 200);
@@ -130,7 +125,7 @@ fn resume_is_exact_on_cpu() {
 #[test]
 fn crash_between_and_during_saves() {
     let data = Dataset::from_text(&corpus_text(), 0.0).unwrap();
-    let dir = tempdir("crash");
+    let dir = common::tempdir("crash");
     let cfg = tiny(&data, 30);
     let mut be = CpuBackend::new();
     let whole = train::train(&mut be, &data, &cfg, &dir.join("whole"), false, false).unwrap();
@@ -210,7 +205,7 @@ impl Backend for LosesDevice {
 #[test]
 fn lost_device_keeps_the_last_checkpoint() {
     let data = Dataset::from_text(&corpus_text(), 0.0).unwrap();
-    let dir = tempdir("lost");
+    let dir = common::tempdir("lost");
     let mut cfg = tiny(&data, 24);
     cfg.eval_interval = 5;
     let whole = train::train(
@@ -343,7 +338,7 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
 
 #[test]
 fn nan_loss_stops_with_the_step_and_keeps_the_checkpoint() {
-    let dir = tempdir("nan");
+    let dir = common::tempdir("nan");
     let data = dir.join("corpus.txt");
     std::fs::write(&data, corpus_text()).unwrap();
     let out = dir.join("run");
@@ -414,7 +409,7 @@ fn same_as_uninterrupted(data: &Path, dir: &Path, out: &Path, extra: &[&str], up
 #[cfg(unix)]
 #[test]
 fn ctrl_c_saves_a_checkpoint_that_resumes_exactly() {
-    let dir = tempdir("sigint");
+    let dir = common::tempdir("sigint");
     let data = dir.join("corpus.txt");
     std::fs::write(&data, corpus_text()).unwrap();
     let out = dir.join("run");
@@ -447,7 +442,7 @@ fn ctrl_c_saves_a_checkpoint_that_resumes_exactly() {
 
 #[test]
 fn sigkill_then_resume_continues_from_the_last_checkpoint() {
-    let dir = tempdir("sigkill");
+    let dir = common::tempdir("sigkill");
     let data = dir.join("corpus.txt");
     std::fs::write(&data, corpus_text()).unwrap();
     let out = dir.join("run");
