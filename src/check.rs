@@ -799,7 +799,7 @@ fn targets_for(gpu: &GpuBackend, ops: &[Op]) -> Vec<(Target, String)> {
     let runnable = |t: &Target| {
         ops.iter()
             .flat_map(|o| o.launches(t))
-            .all(|l| l.shader != "matmul_sg" || t.subgroup8)
+            .all(|l| !crate::kernels::SUBGROUP_SHADERS.contains(&l.shader) || t.subgroup8)
     };
     let mut v = Vec::new();
     if runnable(&own) {

@@ -48,16 +48,6 @@ pub fn run_name(loss: &Loss) -> String {
     loss.to_string().replace(':', "-")
 }
 
-/// The default comparison: plain cross-entropy and the paper's margins.
-pub fn default_losses(margins: &[f32]) -> Vec<Loss> {
-    let mut v = vec![Loss::PLAIN];
-    v.extend(margins.iter().map(|&m| Loss {
-        margin: Some(m),
-        ..Loss::PLAIN
-    }));
-    v
-}
-
 pub fn run_dir(out: &Path, loss: &Loss) -> PathBuf {
     out.join("runs").join(run_name(loss))
 }

@@ -66,7 +66,7 @@ fn every_shader_validates_and_translates() {
             .unwrap_or_else(|e| panic!("{name}.wgsl: {}", e.emit_to_string(&src)));
         // Subgroup kernels are only picked on adapters with the subgroup feature; the rest
         // must validate with no optional capability at all.
-        let caps = if name.ends_with("_sg") {
+        let caps = if selfish::kernels::SUBGROUP_SHADERS.contains(&name.as_str()) {
             Capabilities::SUBGROUP
         } else {
             Capabilities::empty()

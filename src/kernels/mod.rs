@@ -43,6 +43,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("threshold", include_str!("../../shaders/threshold.wgsl")),
 ];
 
+/// Shaders that need the subgroup feature; the runtime only picks them where subgroups are
+/// exactly 8 wide.
+pub const SUBGROUP_SHADERS: &[&str] = &["matmul_sg"];
+
 /// One dispatch: which entry point, its uniform words, its storage buffers and grid.
 #[derive(Clone, Debug)]
 pub struct Launch {
