@@ -50,37 +50,6 @@ const WG: u32 = 64u;
 // Scores are finite, so this stands in for -inf as the identity of max.
 const LOWEST: f32 = -3.0e38;
 
-var<workgroup> red: array<f32, WG>;
-
-// Fixed-order tree reductions over the workgroup; call from uniform control flow.
-fn reduce_max(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) {
-            red[lid] = max(red[lid], red[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier(); // everyone has read red[0] before it is reused
-    return r;
-}
-
-fn reduce_sum(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) {
-            red[lid] = red[lid] + red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
 // Where one workgroup's row lives; `row` indexes (b, h, pos) as (b*NH + h)*T + pos.
 struct Row {
     pos: u32,   // t for query rows, j for key rows

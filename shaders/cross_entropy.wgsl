@@ -41,35 +41,6 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> mean_out: array<f32>;
 
 const WG: u32 = 256u;
-var<workgroup> red: array<f32, 256>;
-
-fn reduce_sum(li: u32, v: f32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red[li] += red[li + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn reduce_max(li: u32, v: f32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red[li] = max(red[li], red[li + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
 
 // Monotone map of IEEE totalOrder onto u32 order: flip every bit of negatives, the sign of
 // positives.
@@ -110,6 +81,56 @@ fn is_kept(base: u32, j: u32, t: u32, twin: u32, v: f32, thr: f32, ranking: bool
     return j != twin && (p.use_margin == 0u || v >= thr);
 }
 
+// What every invocation of a row needs: where it lives, its target, threshold and twin.
+struct Row {
+    base: u32,
+    t: u32,
+    lt: f32,
+    thr: f32,
+    // No index equals 0xffffffff, so "no twin" needs no extra test.
+    twin: u32,
+    // Hard negatives are ranked (k >= cols - 1 keeps every candidate and skips the ranking).
+    ranking: bool,
+}
+
+fn row_setup(row: u32) -> Row {
+    var r: Row;
+    r.base = row * p.cols;
+    r.t = targets[row];
+    r.lt = logits[r.base + r.t];
+    r.thr = r.lt - p.margin;
+    r.twin = 0xffffffffu;
+    if (p.twin_base != 0u) {
+        r.twin = select(r.t - p.twin_base, r.t + p.twin_base, r.t < p.twin_base);
+    }
+    r.ranking = p.hard_k != 0u && p.hard_k < p.cols - 1u;
+    return r;
+}
+
+// Hard negatives: each invocation ranks its own candidates (how many candidates precede it)
+// and parks the kept flag in its own dlogits entry, read back later by the same invocation.
+// A rank search stops at k predecessors, so a row costs ~ cols·k·log(cols/k).
+fn park_rank(r: Row, j: u32) {
+    dlogits[r.base + j] = select(0.0, 1.0, in_top_k(r.base, j, r.t, r.twin, r.thr));
+}
+
+fn kept_at(r: Row, j: u32, v: f32) -> bool {
+    return is_kept(r.base, j, r.t, r.twin, v, r.thr, r.ranking);
+}
+
+// dlogits of one entry, given the row's max and 1 / Z.
+fn grad_at(r: Row, j: u32, v: f32, mx: f32, inv: f32) -> f32 {
+    var g = 0.0;
+    if (kept_at(r, j, v)) {
+        g = exp(v - mx) * inv;
+        if (j == r.t) {
+            g -= 1.0;
+        }
+        g *= p.scale;
+    }
+    return g;
+}
+
 @compute @workgroup_size(256)
 fn cross_entropy(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -120,60 +141,35 @@ fn cross_entropy(
     if (row >= p.rows) {
         return;
     }
-    let base = row * p.cols;
-    let t = targets[row];
-    let lt = logits[base + t];
-    let thr = lt - p.margin;
-    let masking = p.use_margin != 0u;
-    // No index equals 0xffffffff, so "no twin" needs no extra test below.
-    var twin = 0xffffffffu;
-    if (p.twin_base != 0u) {
-        twin = select(t - p.twin_base, t + p.twin_base, t < p.twin_base);
-    }
-
-    // Hard negatives: each invocation ranks its own candidates (how many candidates precede
-    // it) and parks the kept flag in its own dlogits entries, read back below by the same
-    // invocation. A rank search stops at k predecessors, so a row costs ~ cols·k·log(cols/k).
-    // k >= cols - 1 keeps every candidate and skips the ranking.
-    let ranking = p.hard_k != 0u && p.hard_k < p.cols - 1u;
-    if (ranking) {
+    let r = row_setup(row);
+    if (r.ranking) {
         for (var j = li; j < p.cols; j += WG) {
-            dlogits[base + j] = select(0.0, 1.0, in_top_k(base, j, t, twin, thr));
+            park_rank(r, j);
         }
     }
-
     // The target is always kept, so lt is a finite lower bound of the kept maximum.
-    var mx = lt;
+    var mx = r.lt;
     for (var j = li; j < p.cols; j += WG) {
-        let v = logits[base + j];
-        if (is_kept(base, j, t, twin, v, thr, ranking)) {
+        let v = logits[r.base + j];
+        if (kept_at(r, j, v)) {
             mx = max(mx, v);
         }
     }
     mx = reduce_max(li, mx);
     var z = 0.0;
     for (var j = li; j < p.cols; j += WG) {
-        let v = logits[base + j];
-        if (is_kept(base, j, t, twin, v, thr, ranking)) {
+        let v = logits[r.base + j];
+        if (kept_at(r, j, v)) {
             z += exp(v - mx);
         }
     }
     z = reduce_sum(li, z);
     if (li == 0u) {
-        losses[row] = log(z) + mx - lt;
+        losses[row] = log(z) + mx - r.lt;
     }
     let inv = 1.0 / z;
     for (var j = li; j < p.cols; j += WG) {
-        let v = logits[base + j];
-        var g = 0.0;
-        if (is_kept(base, j, t, twin, v, thr, ranking)) {
-            g = exp(v - mx) * inv;
-            if (j == t) {
-                g -= 1.0;
-            }
-            g *= p.scale;
-        }
-        dlogits[base + j] = g;
+        dlogits[r.base + j] = grad_at(r, j, logits[r.base + j], mx, inv);
     }
 }
 
@@ -187,48 +183,30 @@ fn cross_entropy_rows(
     if (row >= p.rows) {
         return;
     }
-    let base = row * p.cols;
-    let t = targets[row];
-    let lt = logits[base + t];
-    let thr = lt - p.margin;
-    let masking = p.use_margin != 0u;
-    var twin = 0xffffffffu;
-    if (p.twin_base != 0u) {
-        twin = select(t - p.twin_base, t + p.twin_base, t < p.twin_base);
-    }
-    let ranking = p.hard_k != 0u && p.hard_k < p.cols - 1u;
-    if (ranking) {
+    let r = row_setup(row);
+    if (r.ranking) {
         for (var j = 0u; j < p.cols; j += 1u) {
-            dlogits[base + j] = select(0.0, 1.0, in_top_k(base, j, t, twin, thr));
+            park_rank(r, j);
         }
     }
-    var mx = lt;
+    var mx = r.lt;
     for (var j = 0u; j < p.cols; j += 1u) {
-        let v = logits[base + j];
-        if (is_kept(base, j, t, twin, v, thr, ranking)) {
+        let v = logits[r.base + j];
+        if (kept_at(r, j, v)) {
             mx = max(mx, v);
         }
     }
     var z = 0.0;
     for (var j = 0u; j < p.cols; j += 1u) {
-        let v = logits[base + j];
-        if (is_kept(base, j, t, twin, v, thr, ranking)) {
+        let v = logits[r.base + j];
+        if (kept_at(r, j, v)) {
             z += exp(v - mx);
         }
     }
-    losses[row] = log(z) + mx - lt;
+    losses[row] = log(z) + mx - r.lt;
     let inv = 1.0 / z;
     for (var j = 0u; j < p.cols; j += 1u) {
-        let v = logits[base + j];
-        var g = 0.0;
-        if (is_kept(base, j, t, twin, v, thr, ranking)) {
-            g = exp(v - mx) * inv;
-            if (j == t) {
-                g -= 1.0;
-            }
-            g *= p.scale;
-        }
-        dlogits[base + j] = g;
+        dlogits[r.base + j] = grad_at(r, j, logits[r.base + j], mx, inv);
     }
 }
 

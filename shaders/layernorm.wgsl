@@ -50,37 +50,21 @@ const WG: u32 = 256u;
 const DW_COLS: u32 = 8u;
 const DW_LANES: u32 = 32u;
 
-var<workgroup> red_a: array<f32, 256>;
 var<workgroup> red_b: array<f32, 256>;
 
-// Workgroup-wide sum of one value per invocation; every invocation gets the total.
-fn block_sum(lid: u32, v: f32) -> f32 {
-    red_a[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if lid < s {
-            red_a[lid] += red_a[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let total = red_a[0];
-    workgroupBarrier(); // everyone has read red_a[0] before it is reused
-    return total;
-}
-
-// Two block sums at once.
+// Two reduce_sum at once (the same tree).
 fn block_sum2(lid: u32, a: f32, b: f32) -> vec2<f32> {
-    red_a[lid] = a;
+    red[lid] = a;
     red_b[lid] = b;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if lid < s {
-            red_a[lid] += red_a[lid + s];
+            red[lid] += red[lid + s];
             red_b[lid] += red_b[lid + s];
         }
         workgroupBarrier();
     }
-    let total = vec2<f32>(red_a[0], red_b[0]);
+    let total = vec2<f32>(red[0], red_b[0]);
     workgroupBarrier();
     return total;
 }
@@ -100,14 +84,14 @@ fn layernorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     for (var c = lid; c < p.cols; c += WG) {
         s += x[base + c];
     }
-    let mu = block_sum(lid, s) / n;
+    let mu = reduce_sum(lid, s) / n;
 
     var q = 0.0;
     for (var c = lid; c < p.cols; c += WG) {
         let d = x[base + c] - mu;
         q += d * d;
     }
-    let r = inverseSqrt(block_sum(lid, q) / n + EPS);
+    let r = inverseSqrt(reduce_sum(lid, q) / n + EPS);
 
     for (var c = lid; c < p.cols; c += WG) {
         y[base + c] = (x[base + c] - mu) * r * w[c];
@@ -173,16 +157,16 @@ fn layernorm_bwd_dw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
             acc += dy[i] * ((x[i] - mean[r]) * rstd[r]);
         }
     }
-    red_a[lid] = acc;
+    red[lid] = acc;
     workgroupBarrier();
     for (var s = DW_LANES / 2u; s > 0u; s >>= 1u) {
         if lane < s {
-            red_a[lid] += red_a[lid + s * DW_COLS];
+            red[lid] += red[lid + s * DW_COLS];
         }
         workgroupBarrier();
     }
     if lane == 0u && col < p.cols {
-        dw[col] = red_a[lid];
+        dw[col] = red[lid];
     }
 }
 
@@ -204,14 +188,14 @@ fn add_layernorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         sum_out[base + c] = v;
         s += v;
     }
-    let mu = block_sum(lid, s) / n;
+    let mu = reduce_sum(lid, s) / n;
 
     var q = 0.0;
     for (var c = lid; c < p.cols; c += WG) {
         let d = sum_out[base + c] - mu;
         q += d * d;
     }
-    let r = inverseSqrt(block_sum(lid, q) / n + EPS);
+    let r = inverseSqrt(reduce_sum(lid, q) / n + EPS);
 
     for (var c = lid; c < p.cols; c += WG) {
         y[base + c] = (sum_out[base + c] - mu) * r * w[c];

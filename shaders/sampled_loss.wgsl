@@ -41,22 +41,7 @@ const P3: u32 = 3266489917u;
 const P4: u32 = 668265263u;
 const P5: u32 = 374761393u;
 
-var<workgroup> red: array<f32, 256>;
 var<workgroup> negs: array<u32, 1024>;
-
-fn reduce_sum(li: u32, v: f32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red[li] += red[li + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
 
 fn xx_round(h: u32, w: u32) -> u32 {
     let x = h + w * P3;

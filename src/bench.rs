@@ -7,11 +7,13 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::kernels::{matmul, Op};
+use crate::kernels::matmul::{self, Matmul};
+use crate::kernels::IntoOp;
 use crate::loss::Loss;
-use crate::model::{init_params, Gpt, GptConfig, OptConfig};
+use crate::model::{init_params, Gpt, GptConfig, OptConfig, Preset};
 use crate::rng::Rng;
-use crate::runtime::{Backend, CpuBackend, Dtype, GpuBackend, KernelTime};
+use crate::runtime::profile::KernelTime;
+use crate::runtime::{Backend, CpuBackend, Dtype, GpuBackend, Wait};
 
 /// The product shapes of the paper model (B*T = 768, C = 128, V = 130) by role, as
 /// `(name, [m, n, k], trans_a, trans_b)`: `C[m, n] = op(A)[m, k] · op(B)[k, n]`.
@@ -136,11 +138,8 @@ fn layout_name(ta: bool, tb: bool) -> String {
 
 /// A model config by name, with the batch size it trains with.
 pub fn named_config(name: &str, vocab: usize) -> Result<(GptConfig, usize)> {
-    match name {
-        "paper" => Ok((GptConfig::paper(vocab), 12)),
-        "large" => Ok((GptConfig::large(vocab), 64)),
-        other => bail!("unknown config '{other}': use paper or large"),
-    }
+    let p = Preset::find(name)?;
+    Ok((p.config(vocab), p.batch_size))
 }
 
 /// Median of a non-empty list.
@@ -193,7 +192,7 @@ impl Bench<'_> {
 
     fn variants(&self) -> Vec<&'static str> {
         match self {
-            Bench::Gpu(g) => matmul::available(&g.target)
+            Bench::Gpu(g) => matmul::available(g.target())
                 .into_iter()
                 .filter(|&v| v != "naive")
                 .collect(),
@@ -226,17 +225,14 @@ fn bench_matmul(
     be.write_f32(a, &fill(m * k, &mut rng));
     be.write_f32(bb, &fill(k * n, &mut rng));
     for variant in variants {
-        let op = Op::MatmulVariant {
-            variant,
-            s,
-            a,
-            b: bb,
-            c,
+        let op = Matmul {
+            variant: Some(variant),
+            ..Matmul::new(s, a, bb, c)
         };
-        let seq = be.compile(&[op])?;
+        let seq = be.compile(vec![op.op()])?;
         match time_runs(opts.max_seconds, || {
             be.run(&[seq])?;
-            be.finish()
+            be.finish_now()
         })? {
             Some(secs) => rows.push(MatmulRow {
                 name: name.to_string(),
@@ -270,16 +266,18 @@ fn bench_step(
     let be = b.be();
     let mark = be.mark();
     let before = be.allocated_bytes();
-    let model = Gpt::new(be, cfg, batch, loss_fn, OptConfig::default())?;
+    let model = Gpt::new(be, cfg, batch, &loss_fn, OptConfig::default())?;
     // sampled:K draws from a noise table; uniform stands in for training counts here.
-    model.set_noise(be, &vec![1.0; cfg.vocab_size], 1)?;
+    model
+        .loss_bufs
+        .set_noise(be, &vec![1.0; cfg.vocab_size], 1)?;
     let held = be.allocated_bytes() - before;
     // The model's own buffers by kind, from the allocation plan (without the uniforms and
     // padding the backend adds, which `held` counts).
-    let plan = crate::model::buffer_plan(&cfg, loss_fn, OptConfig::default())?;
-    let names: Vec<String> = crate::model::param_specs(&cfg)
-        .into_iter()
-        .map(|s| s.name)
+    let plan = crate::model::plan::buffer_plan(&cfg, &loss_fn, OptConfig::default())?;
+    let names: Vec<String> = crate::model::specs(&cfg)
+        .iter()
+        .map(|s| s.name.clone())
         .collect();
     let bytes = |keep: &dyn Fn(&str) -> bool| -> u64 {
         plan.iter()
@@ -320,7 +318,7 @@ fn bench_step(
         model.set_batch(be, x, y);
         model.set_step(be, 1e-3, step);
         model.train_step(be)?;
-        be.finish()?;
+        be.finish_now()?;
         Ok(t0.elapsed().as_secs_f64())
     };
     let mut times = Vec::new();
@@ -339,7 +337,7 @@ fn bench_step(
     }
     let tokens = batch * t;
     let med = median(times.clone());
-    let loss_now = be.read_f32(model.loss)?[0];
+    let loss_now = be.read_now(model.acts.loss)?[0];
     be.release(mark);
     if !loss_now.is_finite() {
         bail!("bench: the {config} model's loss became {loss_now}: the kernels are broken on this adapter; run `selfish check`");
@@ -367,7 +365,7 @@ fn bench_profile(g: &mut GpuBackend) -> Result<(Vec<KernelRow>, bool)> {
         g,
         cfg,
         batch,
-        Loss::parse("margin:1")?,
+        &Loss::parse("margin:1")?,
         OptConfig::default(),
     )?;
     let mut rng = Rng::new(1);
@@ -395,21 +393,40 @@ fn bench_profile(g: &mut GpuBackend) -> Result<(Vec<KernelRow>, bool)> {
     ))
 }
 
+/// Checks the options, opens the backend `--backend` names (tuned) and runs the bench.
+pub fn run_named(backend: Option<&str>, opts: &Options) -> Result<Report> {
+    for l in &opts.losses {
+        Loss::parse(l)?;
+    }
+    for c in &opts.configs {
+        named_config(c, 130)?;
+    }
+    if backend.is_some_and(|b| b.eq_ignore_ascii_case("cpu")) {
+        run(Bench::Cpu(&mut CpuBackend::new()), opts)
+    } else {
+        run(Bench::Gpu(&mut crate::tune::open_gpu(backend)?), opts)
+    }
+}
+
 /// Runs everything `opts` asks for.
 pub fn run(mut b: Bench, opts: &Options) -> Result<Report> {
     let (device, backend, settings) = match &b {
-        Bench::Gpu(g) => (
-            g.gpu.info.name.clone(),
-            format!("{:?}", g.gpu.info.backend),
-            serde_json::json!({
-                "driver": format!("{} {}", g.gpu.info.driver, g.gpu.info.driver_info),
-                "device_type": format!("{:?}", g.gpu.info.device_type),
-                "kernels": if g.target.cpu_like { "cpu-like (row per invocation)" } else { "gpu (workgroup per row)" },
-                "matmul_default": if g.target.subgroup8 { "sg / sg_small by shape" } else { matmul::default_variant(&g.target, &matmul::Shape::dense(1, [768, 768, 768], false, false, false)) },
-                "subgroup8": g.target.subgroup8,
-                "tuned_shapes": g.target.tuned.len(),
-            }),
-        ),
+        Bench::Gpu(g) => {
+            let (info, t) = (&g.gpu().info, g.target());
+            let square = matmul::Shape::dense(1, [768, 768, 768], false, false, false);
+            (
+                info.name.clone(),
+                format!("{:?}", info.backend),
+                serde_json::json!({
+                    "driver": format!("{} {}", info.driver, info.driver_info),
+                    "device_type": format!("{:?}", info.device_type),
+                    "kernels": if t.cpu_like { "cpu-like (row per invocation)" } else { "gpu (workgroup per row)" },
+                    "matmul_default": if t.subgroup8 { "sg / sg_small by shape" } else { matmul::default_variant(t, &square) },
+                    "subgroup8": t.subgroup8,
+                    "tuned_shapes": t.tuned.len(),
+                }),
+            )
+        }
         Bench::Cpu(_) => (
             "CPU twins".to_string(),
             "cpu".to_string(),

@@ -1,636 +1,393 @@
-//! safetensors files for checkpoints and reference fixtures.
+//! What a checkpoint holds and when it may be used: the model export, the training state,
+//! the checks before a resume, and (natively) the files and the checks before a run starts.
 //!
-//! Reading goes through the `safetensors` crate's validation (offsets, sizes, header
-//! length). Writing builds the header here instead of calling `safetensors::serialize`:
-//! the crate keeps metadata in a `HashMap`, whose order changes from run to run, and an
-//! identical model should produce an identical file.
+//! A checkpoint is two files, `state.safetensors` written first: the state holds everything
+//! a resume needs (parameters, AdamW moments, the loss's own state, step, data RNG,
+//! settings), so a crash between the two saves can never pair a model with the optimizer of
+//! another step; `model.safetensors` is the nanoGPT-compatible export, rewritten from the
+//! state on resume whenever it lags behind. `best.safetensors` is the export of the step
+//! with the lowest validation loss so far.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
-use std::io::{ErrorKind, Read, Write};
-use std::path::Path;
+#[cfg(not(target_arch = "wasm32"))]
+use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
-use safetensors::{Dtype, SafeTensors};
+use anyhow::{anyhow, bail, Context, Result};
 
-use crate::model::GptConfig;
+use crate::data::{Dataset, Vocab};
+use crate::model::{specs, Gpt, GptConfig, ParamSpec, Params};
+use crate::rng::Rng;
+use crate::runtime::Backend;
+use crate::tensorfile::{Tensor, TensorFile};
+use crate::train::TrainConfig;
 
-/// Element storage. Little-endian on disk; native here.
-#[derive(Clone, Debug, PartialEq)]
-pub enum TensorData {
-    F32(Vec<f32>),
-    I32(Vec<i32>),
+/// The two files of a checkpoint, in memory.
+pub struct Checkpoint {
+    pub step: u64,
+    pub state: TensorFile,
+    pub model: TensorFile,
 }
 
-impl TensorData {
-    pub fn len(&self) -> usize {
-        match self {
-            TensorData::F32(v) => v.len(),
-            TensorData::I32(v) => v.len(),
-        }
+/// Parameters under nanoGPT's names plus the metadata `eval` and PyTorch need.
+pub fn params_file(
+    specs: &Params<ParamSpec>,
+    values: Params<Vec<f32>>,
+    c: &GptConfig,
+    vocab: &Vocab,
+) -> TensorFile {
+    let mut f = TensorFile::new();
+    for (s, v) in specs.iter().zip(values.iter()) {
+        f.push(Tensor::f32(s.name.clone(), s.shape.clone(), v.clone()));
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    for (name, v) in c.sizes() {
+        f.set_meta(name, v);
     }
-
-    fn dtype_name(&self) -> &'static str {
-        match self {
-            TensorData::F32(_) => "F32",
-            TensorData::I32(_) => "I32",
-        }
-    }
+    f.set_meta("vocab", vocab.to_json());
+    f
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct Tensor {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub data: TensorData,
-}
-
-impl Tensor {
-    pub fn f32(name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) -> Self {
-        Self {
-            name: name.into(),
-            shape,
-            data: TensorData::F32(data),
-        }
-    }
-
-    pub fn i32(name: impl Into<String>, shape: Vec<usize>, data: Vec<i32>) -> Self {
-        Self {
-            name: name.into(),
-            shape,
-            data: TensorData::I32(data),
-        }
-    }
-}
-
-/// The contents of one safetensors file.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TensorFile {
-    /// In file order when loaded (sorted by name); in insertion order when built.
-    pub tensors: Vec<Tensor>,
-    pub metadata: BTreeMap<String, String>,
-    /// Where the file came from, so lookup errors can name it; empty for in-memory files.
-    pub source: String,
-}
-
-impl TensorFile {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The quoted path, for messages.
-    pub fn label(&self) -> &str {
-        if self.source.is_empty() {
-            "<in memory>"
-        } else {
-            &self.source
-        }
-    }
-
-    pub fn push(&mut self, t: Tensor) {
-        self.tensors.push(t);
-    }
-
-    pub fn set_meta(&mut self, key: impl Into<String>, value: impl ToString) {
-        self.metadata.insert(key.into(), value.to_string());
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Tensor> {
-        self.tensors.iter().find(|t| t.name == name)
-    }
-
-    fn require(&self, name: &str) -> Result<&Tensor> {
-        self.get(name).ok_or_else(|| {
-            anyhow!(
-                "checkpoint {} has no tensor '{name}': it was written for a different model or \
-                 is incomplete; use a matching checkpoint",
-                self.label()
-            )
-        })
-    }
-
-    pub fn get_f32(&self, name: &str) -> Result<(&[usize], &[f32])> {
-        let t = self.require(name)?;
-        match &t.data {
-            TensorData::F32(v) => Ok((&t.shape, v)),
-            other => bail!(
-                "checkpoint {}: tensor '{name}' is {}, expected F32: use a matching checkpoint",
-                self.label(),
-                other.dtype_name()
-            ),
-        }
-    }
-
-    pub fn get_i32(&self, name: &str) -> Result<(&[usize], &[i32])> {
-        let t = self.require(name)?;
-        match &t.data {
-            TensorData::I32(v) => Ok((&t.shape, v)),
-            other => bail!(
-                "checkpoint {}: tensor '{name}' is {}, expected I32: use a matching checkpoint",
-                self.label(),
-                other.dtype_name()
-            ),
-        }
-    }
-
-    /// F32 data after checking the shape, so a model never loads weights of another size.
-    pub fn expect_f32(&self, name: &str, shape: &[usize]) -> Result<&[f32]> {
-        let (s, v) = self.get_f32(name)?;
-        if s != shape {
-            bail!(
-                "checkpoint {}: tensor '{name}' has shape {s:?}, the model expects {shape:?}: \
-                 use a checkpoint made with the same model settings",
-                self.label()
-            );
-        }
-        Ok(v)
-    }
-
-    pub fn meta(&self, key: &str) -> Result<&str> {
-        self.metadata.get(key).map(String::as_str).ok_or_else(|| {
-            anyhow!(
-                "checkpoint {} has no metadata '{key}': it was not written by this version of \
-                 selfish; use a matching checkpoint",
-                self.label()
-            )
-        })
-    }
-
-    pub fn meta_usize(&self, key: &str) -> Result<usize> {
-        let v = self.meta(key)?;
-        v.trim().parse().map_err(|_| {
-            anyhow!(
-                "checkpoint {}: metadata '{key}' = {v:?} is not a non-negative integer: the file \
-                 is damaged; use another checkpoint",
-                self.label()
-            )
-        })
-    }
-
-    /// The model configuration in the metadata, checked against the embedding tables and the
-    /// layers actually present before anything is sized from it: a damaged or hand-edited
-    /// number must not allocate, and must not be blamed on the wrong tensor.
-    pub fn gpt_config(&self) -> Result<GptConfig> {
-        let cfg = GptConfig {
-            vocab_size: self.meta_usize("vocab_size")?,
-            block_size: self.meta_usize("block_size")?,
-            n_layer: self.meta_usize("n_layer")?,
-            n_head: self.meta_usize("n_head")?,
-            n_embd: self.meta_usize("n_embd")?,
-        };
-        let fix = "the metadata disagrees with the tensors; re-export the file or use another one";
-        cfg.validate().map_err(|e| {
-            // The reason without its fix, which speaks of command-line flags.
-            let why = e.to_string();
-            let why = why.rsplit_once(": ").map_or(why.as_str(), |(w, _)| w);
-            anyhow!(
-                "checkpoint {} has invalid metadata ({why}): the file is damaged or not from selfish; use another one",
-                self.label()
-            )
-        })?;
-        let (wte, _) = self.get_f32("transformer.wte.weight")?;
-        if wte != [cfg.vocab_size, cfg.n_embd] {
-            bail!(
-                "checkpoint {}: metadata says vocab_size {} and n_embd {}, but 'transformer.wte.weight' has \
-                 shape {wte:?}: {fix}",
-                self.label(),
-                cfg.vocab_size,
-                cfg.n_embd
-            );
-        }
-        let (wpe, _) = self.get_f32("transformer.wpe.weight")?;
-        if wpe != [cfg.block_size, cfg.n_embd] {
-            bail!(
-                "checkpoint {}: metadata says block_size {} and n_embd {}, but the position table \
-                 'transformer.wpe.weight' has shape {wpe:?}: {fix}",
-                self.label(),
-                cfg.block_size,
-                cfg.n_embd
-            );
-        }
-        let layers = self
-            .tensors
-            .iter()
-            .filter_map(|t| t.name.strip_prefix("transformer.h."))
-            .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
-            .map(|i| i.saturating_add(1))
-            .max()
-            .unwrap_or(0);
-        if layers != cfg.n_layer {
-            bail!(
-                "checkpoint {}: metadata says n_layer {}, but the file holds {layers} layer(s): {fix}",
-                self.label(),
-                cfg.n_layer
-            );
-        }
-        Ok(cfg)
-    }
-
-    pub fn meta_f64(&self, key: &str) -> Result<f64> {
-        let v = self.meta(key)?;
-        v.trim().parse().map_err(|_| {
-            anyhow!(
-                "checkpoint {}: metadata '{key}' = {v:?} is not a number: the file is damaged; \
-                 use another checkpoint",
-                self.label()
-            )
-        })
-    }
-}
-
-/// Reads and validates a safetensors file (F32 and I32 tensors only).
-pub fn load(path: &Path) -> Result<TensorFile> {
-    let shown = path.display();
-    let mut f = match fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            bail!("checkpoint '{shown}' does not exist: check the path")
-        }
-        Err(e) => bail!("cannot open checkpoint '{shown}': {e}: check its permissions"),
+/// The model configuration in a file's metadata, checked against the embedding tables and
+/// the layers actually present before anything is sized from it: a damaged or hand-edited
+/// number must not allocate, and must not be blamed on the wrong tensor. A file with an
+/// `lm_head.weight` is an untied model.
+pub fn gpt_config(f: &TensorFile) -> Result<GptConfig> {
+    let n = |k| f.meta_usize(k);
+    let cfg = GptConfig {
+        vocab_size: n("vocab_size")?,
+        block_size: n("block_size")?,
+        n_layer: n("n_layer")?,
+        n_head: n("n_head")?,
+        n_embd: n("n_embd")?,
+        untied: f.get("lm_head.weight").is_some(),
     };
-    let meta = f
-        .metadata()
-        .map_err(|e| anyhow!("cannot stat checkpoint '{shown}': {e}: check the path"))?;
-    if !meta.is_file() {
-        bail!("checkpoint '{shown}' is not a regular file: pass a .safetensors file");
+    let fix = "the metadata disagrees with the tensors; re-export the file or use another one";
+    cfg.validate().map_err(|e| {
+        // The reason without its fix, which speaks of command-line flags.
+        let why = e.to_string();
+        let why = why.rsplit_once(": ").map_or(why.as_str(), |(w, _)| w);
+        anyhow!(
+            "checkpoint {} has invalid metadata ({why}): the file is damaged or not from selfish; use another one",
+            f.label()
+        )
+    })?;
+    let (wte, _) = f.get_f32("transformer.wte.weight")?;
+    if wte != [cfg.vocab_size, cfg.n_embd] {
+        bail!(
+            "checkpoint {}: metadata says vocab_size {} and n_embd {}, but 'transformer.wte.weight' has \
+             shape {wte:?}: {fix}",
+            f.label(),
+            cfg.vocab_size,
+            cfg.n_embd
+        );
     }
-    let size = meta.len();
-    let not_st = |why: String| {
-        anyhow!("checkpoint '{shown}' is not a valid safetensors file ({why}): it may be truncated or of another format; re-create it or pass the right file")
-    };
-    if size < 8 {
-        return Err(not_st(format!("only {size} bytes")));
+    let (wpe, _) = f.get_f32("transformer.wpe.weight")?;
+    if wpe != [cfg.block_size, cfg.n_embd] {
+        bail!(
+            "checkpoint {}: metadata says block_size {} and n_embd {}, but the position table \
+             'transformer.wpe.weight' has shape {wpe:?}: {fix}",
+            f.label(),
+            cfg.block_size,
+            cfg.n_embd
+        );
     }
-    // The header length is checked against the real file size before anything is sized
-    // from it, so a corrupt length cannot trigger a huge allocation.
-    let mut len_bytes = [0u8; 8];
-    f.read_exact(&mut len_bytes)
-        .map_err(|e| anyhow!("cannot read checkpoint '{shown}': {e}: check the file"))?;
-    let header_len = u64::from_le_bytes(len_bytes);
-    if header_len > size - 8 {
-        return Err(not_st(format!(
-            "header claims {header_len} bytes but the file has {size}"
-        )));
+    let layers = f
+        .tensors
+        .iter()
+        .filter_map(|t| t.name.strip_prefix("transformer.h."))
+        .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+        .map(|i| i.saturating_add(1))
+        .max()
+        .unwrap_or(0);
+    if layers != cfg.n_layer {
+        bail!(
+            "checkpoint {}: metadata says n_layer {}, but the file holds {layers} layer(s): {fix}",
+            f.label(),
+            cfg.n_layer
+        );
     }
-    let cap = usize::try_from(size)
-        .map_err(|_| not_st(format!("{size} bytes is too large for this machine")))?;
-    let mut buf = Vec::with_capacity(cap);
-    buf.extend_from_slice(&len_bytes);
-    f.read_to_end(&mut buf)
-        .map_err(|e| anyhow!("cannot read checkpoint '{shown}': {e}: check the file"))?;
+    Ok(cfg)
+}
 
-    let (n, header) = SafeTensors::read_metadata(&buf).map_err(|e| not_st(e.to_string()))?;
-    let body = &buf[8 + n..];
-    let mut names = header.offset_keys();
-    names.sort();
-    let mut tensors = Vec::with_capacity(names.len());
-    for name in names {
-        let Some(info) = header.info(&name) else {
-            return Err(not_st(format!(
-                "tensor '{name}' is listed but has no entry"
-            )));
-        };
-        let (s, e) = info.data_offsets;
-        let bytes = body
-            .get(s..e)
-            .ok_or_else(|| not_st(format!("tensor '{name}' lies outside the file")))?;
-        let data = match info.dtype {
-            Dtype::F32 => TensorData::F32(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
-            Dtype::I32 => TensorData::I32(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
-            other => bail!(
-                "checkpoint '{shown}': tensor '{name}' has dtype {other:?}, but only F32 and I32 \
-                 are supported: convert it to float32"
-            ),
-        };
-        tensors.push(Tensor {
-            name,
-            shape: info.shape.clone(),
-            data,
-        });
+/// Configuration, alphabet and parameters of a model or state file, each checked against
+/// the others.
+pub fn model_parts(f: &TensorFile) -> Result<(GptConfig, Vocab, Params<Vec<f32>>)> {
+    let cfg = gpt_config(f)?;
+    let vocab =
+        Vocab::from_json(f.meta("vocab")?).with_context(|| format!("checkpoint {}", f.label()))?;
+    if cfg.vocab_size != vocab.len() && cfg.vocab_size != 2 * vocab.len() {
+        bail!(
+            "checkpoint {} has vocab_size {} but its alphabet has {} characters (expected {} or {}): the metadata is inconsistent; use another checkpoint",
+            f.label(),
+            cfg.vocab_size,
+            vocab.len(),
+            vocab.len(),
+            2 * vocab.len()
+        );
     }
-    let metadata = header
-        .metadata()
-        .as_ref()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        .unwrap_or_default();
-    Ok(TensorFile {
-        tensors,
-        metadata,
-        source: format!("'{shown}'"),
+    let params = tensors(f, &specs(&cfg), "")?;
+    Ok((cfg, vocab, params))
+}
+
+/// The tensors `<prefix><name>` of every parameter, shapes checked.
+fn tensors(f: &TensorFile, specs: &Params<ParamSpec>, prefix: &str) -> Result<Params<Vec<f32>>> {
+    specs.try_map(|s| {
+        f.expect_f32(&format!("{prefix}{}", s.name), &s.shape)
+            .map(|d| d.to_vec())
     })
 }
 
-/// Serializes to safetensors bytes with a deterministic header (keys sorted, data in the
-/// order of `file.tensors`).
-pub fn to_bytes(file: &TensorFile) -> Result<Vec<u8>> {
-    let mut header = serde_json::Map::new();
-    if !file.metadata.is_empty() {
-        let meta: serde_json::Map<String, serde_json::Value> = file
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect();
-        header.insert("__metadata__".into(), meta.into());
-    }
-    let mut seen = BTreeSet::new();
-    let mut offset = 0usize;
-    for t in &file.tensors {
-        if t.name.is_empty() || t.name == "__metadata__" {
-            bail!("cannot save tensor named {:?}: choose another name", t.name);
-        }
-        if !seen.insert(t.name.as_str()) {
-            bail!(
-                "cannot save two tensors named '{}': names must be unique",
-                t.name
-            );
-        }
-        let count = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if count != Some(t.data.len()) {
-            bail!(
-                "cannot save tensor '{}': shape {:?} does not match its {} elements",
-                t.name,
-                t.shape,
-                t.data.len()
-            );
-        }
-        let end = offset + 4 * t.data.len();
-        header.insert(
-            t.name.clone(),
-            serde_json::json!({
-                "dtype": t.data.dtype_name(),
-                "shape": t.shape,
-                "data_offsets": [offset, end],
-            }),
-        );
-        offset = end;
-    }
-    let mut header = serde_json::to_vec(&header)?;
-    // Pad with spaces to 8 bytes so the data section stays aligned, as the format suggests.
-    header.resize(header.len().next_multiple_of(8), b' ');
-    let mut out = Vec::with_capacity(8 + header.len() + offset);
-    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-    out.extend_from_slice(&header);
-    for t in &file.tensors {
-        match &t.data {
-            TensorData::F32(v) => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            TensorData::I32(v) => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        }
-    }
-    Ok(out)
+/// Reads a checkpoint's configuration, alphabet and parameters.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_model_file(path: &Path) -> Result<(GptConfig, Vocab, Params<Vec<f32>>)> {
+    model_parts(&crate::tensorfile::load(path)?)
 }
 
-/// Writes atomically: a crash mid-save leaves the previous checkpoint intact, because the
-/// bytes go to `<path>.tmp`, are synced, and only then renamed over `path`.
-pub fn save(path: &Path, file: &TensorFile) -> Result<()> {
-    let shown = path.display();
-    let bytes = to_bytes(file).map_err(|e| anyhow!("cannot save '{shown}': {e}"))?;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    if tmp_name.is_empty() {
-        bail!("cannot save to '{shown}': the path has no file name; pass a file path");
+/// Everything a resume restores, read from a state file.
+pub struct Restored {
+    pub step: u64,
+    pub rng: Rng,
+    pub params: Params<Vec<f32>>,
+    pub adam_m: Params<Vec<f32>>,
+    pub adam_v: Params<Vec<f32>>,
+    pub vocab: Vocab,
+}
+
+impl Checkpoint {
+    /// Reads the model back into a checkpoint of step `step`. Parameters that are no longer
+    /// finite are refused, so a diverged run never replaces the last good checkpoint.
+    pub async fn take(
+        model: &Gpt,
+        be: &mut dyn Backend,
+        vocab: &Vocab,
+        cfg: &TrainConfig,
+        step: u64,
+        rng: &Rng,
+    ) -> Result<Checkpoint> {
+        let values = model.read(be, &model.params).await?;
+        for (s, v) in model.specs.iter().zip(values.iter()) {
+            if v.iter().any(|x| !x.is_finite()) {
+                bail!(
+                    "parameter '{}' became NaN or infinite by step {step}, so no checkpoint was written: lower --lr",
+                    s.name
+                );
+            }
+        }
+        let mut state = params_file(&model.specs, values.clone(), &model.cfg, vocab);
+        let m = model.read(be, &model.adam_m).await?;
+        let v = model.read(be, &model.adam_v).await?;
+        for (s, (m, v)) in model.specs.iter().zip(m.iter().zip(v.iter())) {
+            state.push(Tensor::f32(
+                format!("adam_m.{}", s.name),
+                s.shape.clone(),
+                m.clone(),
+            ));
+            state.push(Tensor::f32(
+                format!("adam_v.{}", s.name),
+                s.shape.clone(),
+                v.clone(),
+            ));
+        }
+        state.set_meta("step", step);
+        state.set_meta("rng", serde_json::to_string(&rng.state())?);
+        state.set_meta("train_config", serde_json::to_string(cfg)?);
+        let mut export = params_file(&model.specs, values, &model.cfg, vocab);
+        export.set_meta("step", step);
+        export.set_meta("loss", &model.loss_fn);
+        Ok(Checkpoint {
+            step,
+            state,
+            model: export,
+        })
     }
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let io_err = |what: &str, e: std::io::Error| {
-        anyhow!(
-            "cannot {what} '{}' while saving '{shown}': {e}: check free space and permissions",
-            tmp.display()
-        )
-    };
-    let write = || -> Result<()> {
-        let mut f = fs::File::create(&tmp).map_err(|e| io_err("create", e))?;
-        f.write_all(&bytes).map_err(|e| io_err("write", e))?;
-        f.flush().map_err(|e| io_err("flush", e))?;
-        f.sync_all().map_err(|e| io_err("sync", e))?;
-        Ok(())
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
+}
+
+/// The model export of a state file (what `model.safetensors` holds at its step).
+pub fn export_of(state: &TensorFile) -> Result<TensorFile> {
+    let (cfg, vocab, params) = model_parts(state)?;
+    let mut m = params_file(&specs(&cfg), params, &cfg, &vocab);
+    m.set_meta("step", state.meta_usize("step")?);
+    if let Some(cfg) = saved_config(state) {
+        if let Some(loss) = cfg.get("loss").and_then(|l| l.as_str()) {
+            m.set_meta("loss", loss);
+        }
     }
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
+    Ok(m)
+}
+
+/// The run settings a state file was written with, as JSON (`None` when unreadable).
+pub fn saved_config(state: &TensorFile) -> Option<serde_json::Value> {
+    serde_json::from_str(state.meta("train_config").ok()?).ok()
+}
+
+/// `block_size 16 in the checkpoint, 32 asked for`, per differing field.
+fn config_diff(saved: &GptConfig, now: &GptConfig) -> Vec<String> {
+    let mut out: Vec<String> = saved
+        .sizes()
+        .iter()
+        .zip(now.sizes())
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|(&(name, a), (_, b))| {
+            let table = match name {
+                "block_size" => format!(" (its position table has {a} rows)"),
+                "vocab_size" => " (twice the alphabet when --low-resource-prob > 0)".into(),
+                _ => String::new(),
+            };
+            format!("{name} {a} in the checkpoint{table}, {b} asked for")
+        })
+        .collect();
+    if saved.untied != now.untied {
+        let head = |u: bool| if u { "an untied head" } else { "the tied head" };
+        out.push(format!(
+            "{} in the checkpoint, {} asked for",
+            head(saved.untied),
+            head(now.untied)
+        ));
+    }
+    out
+}
+
+/// Errors unless the state file `st` can continue a run of `cfg` on `data`; `out` names the
+/// run in messages.
+pub fn check_resumable(
+    st: &TensorFile,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    out: &str,
+) -> Result<()> {
+    let (saved, vocab, _) = model_parts(st)?;
+    let fix =
+        "resume with the same model settings and --data, or pass another --out to start a new run";
+    if vocab != data.vocab {
         bail!(
-            "cannot rename '{}' to '{shown}': {e}: check permissions",
-            tmp.display()
+            "cannot resume '{out}': the checkpoint's alphabet ({} characters) differs from the text's ({} characters): {fix}",
+            vocab.len(),
+            data.vocab.len()
         );
     }
-    // Persist the rename itself; not every platform can open a directory, so best effort.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
+    let diff = config_diff(&saved, &cfg.model);
+    if !diff.is_empty() {
+        bail!("cannot resume '{out}': {}: {fix}", diff.join(", "));
+    }
+    let saved = saved_config(st).unwrap_or_default();
+    if let Some(was) = saved.get("loss").and_then(|l| l.as_str()) {
+        if was != cfg.loss.to_string() {
+            bail!(
+                "cannot resume '{out}': the checkpoint was trained with --loss {was}, not {}: resume with the same loss, or pass another --out",
+                cfg.loss
+            );
         }
+    }
+    let step = st.meta_usize("step")? as u64;
+    if step > cfg.steps {
+        bail!(
+            "cannot resume '{out}': the checkpoint is at step {step}, past --steps {}: pass --steps {step} or more",
+            cfg.steps
+        );
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-    use std::path::PathBuf;
-
-    fn tmp_dir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("selfish-ckpt-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn err_line(r: Result<TensorFile>) -> String {
-        let s = format!("{:#}", r.unwrap_err());
-        assert!(!s.contains('\n'), "multi-line error: {s}");
-        s
-    }
-
-    fn sample() -> TensorFile {
-        let mut f = TensorFile::new();
-        f.push(Tensor::f32(
-            "w",
-            vec![2, 3],
-            vec![1.0, -2.5, 3.25, 0.0, f32::MIN_POSITIVE, 7.0],
-        ));
-        f.push(Tensor::i32(
-            "x",
-            vec![2, 2],
-            vec![1, -2, i32::MAX, i32::MIN],
-        ));
-        f.push(Tensor::f32("scalar", vec![1], vec![0.5]));
-        f.set_meta("vocab_size", 130);
-        f.set_meta("margin", 2.0);
-        f.set_meta("name", "tiny");
-        f
-    }
-
-    #[test]
-    fn round_trip() {
-        let d = tmp_dir("rt");
-        let p = d.join("a.safetensors");
-        let f = sample();
-        save(&p, &f).unwrap();
-        assert!(!d.join("a.safetensors.tmp").exists());
-        let g = load(&p).unwrap();
-        let (s, w) = g.get_f32("w").unwrap();
-        assert_eq!(s, &[2, 3]);
-        assert_eq!(w, f.get_f32("w").unwrap().1);
-        assert_eq!(g.get_i32("x").unwrap().1, &[1, -2, i32::MAX, i32::MIN]);
-        assert_eq!(g.expect_f32("scalar", &[1]).unwrap(), &[0.5]);
-        assert!(g.expect_f32("scalar", &[2]).is_err());
-        assert!(g.get_f32("x").is_err());
-        assert_eq!(g.metadata, f.metadata);
-        assert_eq!(g.meta_usize("vocab_size").unwrap(), 130);
-        assert_eq!(g.meta_f64("margin").unwrap(), 2.0);
-        assert_eq!(g.meta("name").unwrap(), "tiny");
-        assert!(g.meta_usize("name").is_err());
-        assert!(g.meta("absent").is_err());
-        let e = format!("{:#}", g.get_f32("nope").unwrap_err());
-        assert!(
-            e.contains("has no tensor 'nope'") && e.contains("a.safetensors"),
-            "{e}"
-        );
-
-        // Deterministic bytes, and readable by the reference crate.
-        let bytes = fs::read(&p).unwrap();
-        assert_eq!(bytes, to_bytes(&f).unwrap());
-        let st = SafeTensors::deserialize(&bytes).unwrap();
-        assert_eq!(st.tensor("x").unwrap().dtype(), Dtype::I32);
-
-        // Overwriting is fine.
-        save(&p, &TensorFile::new()).unwrap();
-        assert!(load(&p).unwrap().tensors.is_empty());
-        fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn save_rejects_inconsistent_tensors() {
-        let d = tmp_dir("bad-save");
-        let p = d.join("b.safetensors");
-        let mut f = TensorFile::new();
-        f.push(Tensor::f32("w", vec![2, 2], vec![1.0; 3]));
-        assert!(save(&p, &f).is_err());
-        let mut f = TensorFile::new();
-        f.push(Tensor::f32("w", vec![1], vec![1.0]));
-        f.push(Tensor::f32("w", vec![1], vec![1.0]));
-        assert!(save(&p, &f).is_err());
-        assert!(!p.exists());
-        fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn bad_files_are_one_line_errors() {
-        let d = tmp_dir("bad");
-        let e = err_line(load(&d.join("missing.safetensors")));
-        assert!(e.contains("does not exist"), "{e}");
-        assert!(err_line(load(&d)).contains("not a regular file"));
-
-        let good = to_bytes(&sample()).unwrap();
-        let p = d.join("t.safetensors");
-        fs::write(&p, &good[..good.len() - 3]).unwrap();
-        let e = err_line(load(&p));
-        assert!(
-            e.contains("not a valid safetensors") && e.contains("t.safetensors"),
-            "{e}"
-        );
-
-        fs::write(&p, &good[..5]).unwrap();
-        err_line(load(&p));
-
-        fs::write(
-            &p,
-            b"this is certainly not a safetensors file, just some text",
+/// Reads what a resume restores from a state file already checked by [`check_resumable`].
+pub fn restore(st: &TensorFile, model: &Gpt) -> Result<Restored> {
+    let (_, vocab, params) = model_parts(st)?;
+    let step = st.meta_usize("step")? as u64;
+    let rng: [u64; 4] = serde_json::from_str(st.meta("rng")?).map_err(|e| {
+        anyhow!(
+            "checkpoint {}: metadata 'rng' is damaged ({e}): use another checkpoint",
+            st.label()
         )
-        .unwrap();
-        let e = err_line(load(&p));
-        assert!(e.contains("header claims"), "{e}");
+    })?;
+    Ok(Restored {
+        step,
+        rng: Rng::from_state(rng),
+        params,
+        adam_m: tensors(st, &model.specs, "adam_m.")?,
+        adam_v: tensors(st, &model.specs, "adam_v.")?,
+        vocab,
+    })
+}
 
-        let mut junk = 16u64.to_le_bytes().to_vec();
-        junk.extend_from_slice(b"{not json at all");
-        fs::write(&p, &junk).unwrap();
-        err_line(load(&p));
+#[cfg(not(target_arch = "wasm32"))]
+pub use files::*;
 
-        // 1 TB claimed by a 24-byte file: rejected before anything is sized from it.
-        let mut huge = (1u64 << 40).to_le_bytes().to_vec();
-        huge.extend_from_slice(b"{}              ");
-        fs::write(&p, &huge).unwrap();
-        let e = err_line(load(&p));
-        assert!(e.contains("header claims 1099511627776 bytes"), "{e}");
-        let mut max = u64::MAX.to_le_bytes().to_vec();
-        max.extend_from_slice(b"{}");
-        fs::write(&p, &max).unwrap();
-        err_line(load(&p));
-        fs::remove_dir_all(&d).unwrap();
+/// Checkpoints as files in a run folder.
+#[cfg(not(target_arch = "wasm32"))]
+mod files {
+    use super::*;
+    use crate::tensorfile;
+
+    pub fn model_path(dir: &Path) -> PathBuf {
+        dir.join("model.safetensors")
     }
 
-    #[test]
-    fn unsupported_dtype_is_an_error() {
-        struct F64s(Vec<u8>);
-        impl safetensors::View for F64s {
-            fn dtype(&self) -> Dtype {
-                Dtype::F64
-            }
-            fn shape(&self) -> &[usize] {
-                &[2]
-            }
-            fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-                (&self.0[..]).into()
-            }
-            fn data_len(&self) -> usize {
-                self.0.len()
-            }
+    pub fn state_path(dir: &Path) -> PathBuf {
+        dir.join("state.safetensors")
+    }
+
+    /// The export of the step with the lowest validation loss so far.
+    pub fn best_path(dir: &Path) -> PathBuf {
+        dir.join("best.safetensors")
+    }
+
+    /// State first, then model: see the module docs.
+    pub fn save(dir: &Path, c: &Checkpoint) -> Result<()> {
+        tensorfile::save(&state_path(dir), &c.state)?;
+        tensorfile::save(&model_path(dir), &c.model)
+    }
+
+    /// Brings `model.safetensors` level with the state after a crash between the two saves.
+    pub fn repair_export(dir: &Path, state: &TensorFile) -> Result<()> {
+        let step = state.meta_usize("step")?;
+        let model_step = tensorfile::load(&model_path(dir))
+            .ok()
+            .and_then(|m| m.meta_usize("step").ok());
+        if model_step != Some(step) {
+            tensorfile::save(&model_path(dir), &export_of(state)?)?;
         }
-        let bytes: Vec<u8> = [1.0f64, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
-        let out =
-            safetensors::serialize([("d", F64s(bytes))], None::<HashMap<String, String>>).unwrap();
-        let d = tmp_dir("dtype");
-        let p = d.join("f64.safetensors");
-        fs::write(&p, out).unwrap();
-        let e = err_line(load(&p));
-        assert!(e.contains("tensor 'd'") && e.contains("F64"), "{e}");
-        fs::remove_dir_all(&d).unwrap();
+        Ok(())
     }
 
-    #[test]
-    fn reference_fixture_loads() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt-tiny");
-        let init = load(&dir.join("init.safetensors")).unwrap();
-        let v = init.meta_usize("vocab_size").unwrap();
-        let c = init.meta_usize("n_embd").unwrap();
-        let block = init.meta_usize("block_size").unwrap();
-        let layers = init.meta_usize("n_layer").unwrap();
-        assert_eq!((v, c, block, layers), (130, 32, 16, 2));
-        assert_eq!(init.meta_f64("margin").unwrap(), 2.0);
-        init.expect_f32("transformer.wte.weight", &[v, c]).unwrap();
-        init.expect_f32("transformer.wpe.weight", &[block, c])
-            .unwrap();
-        init.expect_f32("transformer.h.1.mlp.c_fc.weight", &[4 * c, c])
-            .unwrap();
-        init.expect_f32("transformer.ln_f.weight", &[c]).unwrap();
-
-        let exp = load(&dir.join("expected.safetensors")).unwrap();
-        let (xs, x) = exp.get_i32("x").unwrap();
-        assert_eq!(xs, &[4, 16]);
-        assert!(x.iter().all(|&t| (0..v as i32).contains(&t)));
-        exp.get_i32("y").unwrap();
-        exp.expect_f32("logits", &[4, 16, v]).unwrap();
-        let loss = exp.expect_f32("loss.plain", &[1]).unwrap()[0];
-        assert!(loss.is_finite() && loss > 0.0);
-        exp.get_f32("grad.margin.transformer.wte.weight").unwrap();
+    /// Everything `train` would refuse, checked before a GPU is opened or a file is written:
+    /// settings, text length, and whether `out` holds (or must hold) a checkpoint. Starting a
+    /// new run over an existing checkpoint is refused, so rerunning a command by mistake
+    /// cannot destroy hours of training.
+    pub fn preflight(data: &Dataset, cfg: &TrainConfig, out: &Path, resume: bool) -> Result<()> {
+        cfg.validate()?;
+        if cfg.model.vocab_size < data.model_vocab() {
+            bail!(
+                "vocab_size {} cannot hold the {} token ids of the text: build the config from the data's vocabulary",
+                cfg.model.vocab_size,
+                data.model_vocab()
+            );
+        }
+        data.check_sizes(cfg.model.block_size)?;
+        cfg.loss.check_data(data, cfg.model.vocab_size)?;
+        let shown = out.display();
+        if out.exists() && !out.is_dir() {
+            bail!("--out '{shown}' is a file, not a folder: pass a folder for the checkpoints");
+        }
+        let (model, state) = (model_path(out).exists(), state_path(out).exists());
+        if resume {
+            if !state {
+                if model {
+                    bail!(
+                        "cannot resume '{shown}': it has model.safetensors but no state.safetensors (optimizer state and data position), so the run cannot continue exactly: pass another --out to start a new run from scratch"
+                    );
+                }
+                bail!(
+                    "cannot resume: there is no checkpoint (state.safetensors) in '{shown}': pass the --out of the run to continue, or drop --resume to start a new run"
+                );
+            }
+            let st = tensorfile::load(&state_path(out))?;
+            check_resumable(&st, data, cfg, &shown.to_string())?;
+        } else if model || state {
+            let at = tensorfile::load(&state_path(out))
+                .ok()
+                .and_then(|st| st.meta_usize("step").ok())
+                .map_or(String::new(), |s| format!(" (step {s})"));
+            bail!(
+                "'{shown}' already holds a checkpoint{at}: pass --resume to continue it, or another --out (or delete '{shown}') to start a new run"
+            );
+        }
+        Ok(())
     }
 }

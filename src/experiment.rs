@@ -15,10 +15,13 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::isotropy;
+use crate::checkpoint::{self, load_model_file, model_path, state_path};
 use crate::data::Dataset;
+use crate::eval;
 use crate::loss::Loss;
 use crate::metrics::LangMetrics;
-use crate::runtime::Backend;
+use crate::runtime::{Backend, Wait};
+use crate::tensorfile;
 use crate::train::{self, TrainConfig};
 
 /// Everything about one run that the report needs, as stored in `eval.json`.
@@ -41,6 +44,29 @@ pub struct LangEval {
     pub language: String,
     pub metrics: LangMetrics,
     pub ppl_by_temperature: Vec<(f64, f64)>,
+}
+
+/// The runs `experiment` makes: plain (unless left out), one per margin (`none`: no
+/// margin runs), then the `--also` losses.
+pub fn losses(margins: &[String], also: &[String], no_baseline: bool) -> Result<Vec<Loss>> {
+    let mut losses = Vec::new();
+    if !no_baseline {
+        losses.push(Loss::plain());
+    }
+    if !(margins.len() == 1 && margins[0].eq_ignore_ascii_case("none")) {
+        for m in margins {
+            let margin = crate::loss::parse_margin(m).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "invalid margin '{m}' in --margins: pass numbers >= 0 separated by commas, or none"
+                )
+            })?;
+            losses.push(Loss::plain().with_margin(Some(margin))?);
+        }
+    }
+    for a in also {
+        losses.push(Loss::parse(a)?);
+    }
+    Ok(losses)
 }
 
 /// A folder-safe run name: `plain`, `margin-1`, `hard-8+counterpart`, ...
@@ -91,17 +117,17 @@ pub fn run_one(
         eprintln!("{}: finished earlier, not trained again", done.name);
         return Ok(Some(done));
     }
-    if train::model_path(&dir).exists() && !train::state_path(&dir).exists() {
+    if model_path(&dir).exists() && !state_path(&dir).exists() {
         bail!(
             "run folder '{}' has a model but no training state: delete the folder to train the run again",
             dir.display()
         );
     }
-    let resume = train::state_path(&dir).exists();
+    let resume = state_path(&dir).exists();
     if resume {
-        let st = crate::checkpoint::load(&train::state_path(&dir))?;
-        let mut saved: serde_json::Value = serde_json::from_str(st.meta("train_config")?)
-            .with_context(|| format!("'{}' is damaged", train::state_path(&dir).display()))?;
+        let st = tensorfile::load(&state_path(&dir))?;
+        let mut saved = checkpoint::saved_config(&st)
+            .with_context(|| format!("'{}' is damaged", state_path(&dir).display()))?;
         if let Some(o) = saved.as_object_mut() {
             o.remove("stop_after");
         }
@@ -128,17 +154,17 @@ pub fn run_one(
     // Training time of this session only; a resumed run adds to what eval.json recorded.
     let train_seconds = t0.elapsed().as_secs_f64();
 
-    let (model, vocab) = train::load_for_inference(be, &train::model_path(&dir), cfg.batch_size)?;
-    let mut languages = Vec::new();
-    for (name, tokens) in train::languages(data, model.cfg.vocab_size) {
-        let (metrics, curve) = train::evaluate_language_sweep(&model, be, &tokens)?;
-        languages.push(LangEval {
-            language: name,
+    let (mcfg, vocab, params) = load_model_file(&model_path(&dir))?;
+    let model = eval::inference_model(be, mcfg, &params, cfg.batch_size)?;
+    let languages = pollster::block_on(eval::evaluate(&model, be, data))?
+        .into_iter()
+        .map(|(language, metrics, ppl_by_temperature)| LangEval {
+            language,
             metrics,
-            ppl_by_temperature: curve,
-        });
-    }
-    let wte = be.read_f32(model.params[0])?;
+            ppl_by_temperature,
+        })
+        .collect();
+    let wte = be.read_now(model.params.wte)?;
     let (v, c) = (vocab.len(), model.cfg.n_embd);
     let mut iso = vec![("base".to_string(), isotropy(&wte[..v * c], v, c))];
     if model.cfg.vocab_size == 2 * v {
@@ -153,10 +179,8 @@ pub fn run_one(
         isotropy: iso,
         train_seconds,
     };
-    let tmp = dir.join("eval.json.tmp");
-    fs::write(&tmp, serde_json::to_string_pretty(&ev)?)
-        .and_then(|_| fs::rename(&tmp, dir.join("eval.json")))
-        .with_context(|| format!("cannot write eval.json in '{}'", dir.display()))?;
+    let json = serde_json::to_string_pretty(&ev)?;
+    crate::fsio::write_atomic(&dir.join("eval.json"), json.as_bytes())?;
     Ok(Some(ev))
 }
 
@@ -189,7 +213,7 @@ pub fn run(
     let mut evals = Vec::new();
     for loss in losses {
         let cfg = TrainConfig {
-            loss: *loss,
+            loss: loss.clone(),
             ..base.clone()
         };
         match run_one(be, data, &cfg, out, progress)? {

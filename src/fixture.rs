@@ -1,15 +1,17 @@
 //! `selfish check --fixture DIR`: the whole model against a PyTorch reference case (logits,
 //! both losses, every gradient, AdamW steps), in the format of `shared/fixtures/README.md`.
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use crate::check::Row;
-use crate::checkpoint::{self, TensorFile};
+use crate::checkpoint::gpt_config;
+use crate::compare::{diff, Row};
 use crate::loss::Loss;
-use crate::model::{param_specs, Gpt, GptConfig, OptConfig};
+use crate::model::{specs, Gpt, GptConfig, OptConfig, Params};
 use crate::runtime::Backend;
+use crate::tensorfile::TensorFile;
 
 /// Relative-to-scale tolerances: f32 on both sides, different summation orders.
 const TOL_LOGITS: f64 = 1e-4;
@@ -17,28 +19,7 @@ const TOL_GRAD: f64 = 2e-4;
 const TOL_AFTER: f64 = 2e-4;
 
 fn compare(quantity: &str, shape: &[usize], got: &[f32], want: &[f32], tol: f64) -> Row {
-    let scale = want.iter().fold(0.0f64, |a, &b| a.max(b.abs() as f64));
-    let mut max_abs = 0.0f64;
-    let mut max_rel = 0.0f64;
-    let mut finite = got.len() == want.len();
-    for (&g, &w) in got.iter().zip(want) {
-        if !g.is_finite() {
-            finite = false;
-        }
-        let d = (g as f64 - w as f64).abs();
-        max_abs = max_abs.max(d);
-        if (w.abs() as f64) > 1e-3 * scale {
-            max_rel = max_rel.max(d / w.abs() as f64);
-        }
-    }
-    Row {
-        op: quantity.to_string(),
-        shape: format!("{shape:?}"),
-        max_abs_err: max_abs,
-        max_rel_err: max_rel,
-        tol,
-        ok: finite && max_abs <= tol * scale.max(1e-12),
-    }
+    Row::new(quantity, format!("{shape:?}"), diff(got, want), tol)
 }
 
 fn meta_f32(f: &TensorFile, key: &str) -> Result<f32> {
@@ -51,7 +32,7 @@ pub struct Fixture {
     pub opt: OptConfig,
     pub lr: f32,
     pub margin: f32,
-    pub params: Vec<Vec<f32>>,
+    pub params: Params<Vec<f32>>,
     pub batch: usize,
     pub x: Vec<u32>,
     pub y: Vec<u32>,
@@ -59,6 +40,7 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn load(dir: &Path) -> Result<Fixture> {
         if !dir.is_dir() {
             bail!(
@@ -66,20 +48,23 @@ impl Fixture {
                 dir.display()
             );
         }
-        let init = checkpoint::load(&dir.join("init.safetensors"))?;
-        let expected = checkpoint::load(&dir.join("expected.safetensors"))?;
-        let cfg = init.gpt_config()?;
+        let init = crate::tensorfile::load(&dir.join("init.safetensors"))?;
+        let expected = crate::tensorfile::load(&dir.join("expected.safetensors"))?;
+        Fixture::from_files(&init, expected)
+    }
+
+    /// A fixture from its two files' contents.
+    pub fn from_files(init: &TensorFile, expected: TensorFile) -> Result<Fixture> {
+        let cfg = gpt_config(init)?;
         let opt = OptConfig {
-            beta1: meta_f32(&init, "beta1")?,
-            beta2: meta_f32(&init, "beta2")?,
-            eps: meta_f32(&init, "eps")?,
-            weight_decay: meta_f32(&init, "weight_decay")?,
-            grad_clip: meta_f32(&init, "grad_clip")?,
+            beta1: meta_f32(init, "beta1")?,
+            beta2: meta_f32(init, "beta2")?,
+            eps: meta_f32(init, "eps")?,
+            weight_decay: meta_f32(init, "weight_decay")?,
+            grad_clip: meta_f32(init, "grad_clip")?,
         };
-        let mut params = Vec::new();
-        for s in param_specs(&cfg) {
-            params.push(init.expect_f32(&s.name, &s.shape)?.to_vec());
-        }
+        let params =
+            specs(&cfg).try_map(|s| init.expect_f32(&s.name, &s.shape).map(|v| v.to_vec()))?;
         let (xs, x) = expected.get_i32("x")?;
         let (ys, y) = expected.get_i32("y")?;
         if xs.len() != 2 || xs != ys {
@@ -110,8 +95,8 @@ impl Fixture {
         Ok(Fixture {
             cfg,
             opt,
-            lr: meta_f32(&init, "lr")?,
-            margin: meta_f32(&init, "margin")?,
+            lr: meta_f32(init, "lr")?,
+            margin: meta_f32(init, "margin")?,
             params,
             batch: xs[0],
             x: ids(x, "x")?,
@@ -121,61 +106,54 @@ impl Fixture {
     }
 }
 
-/// Every quantity of the fixture on `be`, one row each.
+/// Every quantity of the fixture folder `dir` on `be`, one row each.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn check_fixture(be: &mut dyn Backend, dir: &Path) -> Result<Vec<Row>> {
-    let fx = Fixture::load(dir)?;
+    pollster::block_on(check(be, &Fixture::load(dir)?))
+}
+
+/// Every quantity of a fixture on `be`, one row each: logits, both losses and every
+/// gradient, then the AdamW steps with the margin loss.
+pub async fn check(be: &mut dyn Backend, fx: &Fixture) -> Result<Vec<Row>> {
     let exp = &fx.expected;
-    let specs = param_specs(&fx.cfg);
     let mut rows = Vec::new();
     let (b, t, v) = (fx.batch, fx.cfg.block_size, fx.cfg.vocab_size);
-
     for (tag, margin) in [("plain", None), ("margin", Some(fx.margin))] {
-        let model = Gpt::new(
-            be,
-            fx.cfg,
-            fx.batch,
-            Loss::PLAIN.with_margin(margin)?,
-            fx.opt,
-        )?;
+        let loss = Loss::plain().with_margin(margin)?;
+        let mark = be.mark();
+        let model = Gpt::new(be, fx.cfg, fx.batch, &loss, fx.opt)?;
         model.set_params(be, &fx.params)?;
         model.set_batch(be, &fx.x, &fx.y);
         be.run(&[model.forward, model.backward])?;
         if margin.is_none() {
-            let logits = be.read_f32(model.logits)?;
+            let logits = be.read_f32(model.acts.logits).await?;
             let want = exp.expect_f32("logits", &[b, t, v])?;
             rows.push(compare("logits", &[b, t, v], &logits, want, TOL_LOGITS));
         }
-        let loss = be.read_f32(model.loss)?;
         let key = format!("loss.{tag}");
+        let got = be.read_f32(model.acts.loss).await?;
         rows.push(compare(
             &key,
             &[1],
-            &loss,
+            &got,
             exp.expect_f32(&key, &[1])?,
             TOL_LOGITS,
         ));
-        for (s, g) in specs.iter().zip(&model.grads) {
+        let grads = model.read(be, &model.grads).await?;
+        for (s, got) in model.specs.iter().zip(grads.iter()) {
             let key = format!("grad.{tag}.{}", s.name);
-            let got = be.read_f32(*g)?;
-            rows.push(compare(
-                &key,
-                &s.shape,
-                &got,
-                exp.expect_f32(&key, &s.shape)?,
-                TOL_GRAD,
-            ));
+            let want = exp.expect_f32(&key, &s.shape)?;
+            rows.push(compare(&key, &s.shape, got, want, TOL_GRAD));
         }
-
         if margin.is_some() {
             let (_, want_losses) = exp.get_f32("adamw.losses")?;
             let steps = want_losses.len();
-            let mut losses = Vec::new();
-            let mut norms = Vec::new();
+            let (mut losses, mut norms) = (Vec::new(), Vec::new());
             for k in 0..steps {
                 model.set_step(be, fx.lr, k as u64 + 1);
                 be.run(&[model.forward, model.backward, model.optimize])?;
-                losses.push(be.read_f32(model.loss)?[0]);
-                norms.push(be.read_f32(model.norm)?[0]);
+                losses.push(be.read_f32(model.acts.loss).await?[0]);
+                norms.push(be.read_f32(model.acts.norm).await?[0]);
             }
             rows.push(compare(
                 "adamw.losses",
@@ -194,18 +172,14 @@ pub fn check_fixture(be: &mut dyn Backend, dir: &Path) -> Result<Vec<Row>> {
                     TOL_GRAD,
                 ));
             }
-            for (s, p) in specs.iter().zip(&model.params) {
+            let after = model.read(be, &model.params).await?;
+            for (s, got) in model.specs.iter().zip(after.iter()) {
                 let key = format!("after.{}", s.name);
-                let got = be.read_f32(*p)?;
-                rows.push(compare(
-                    &key,
-                    &s.shape,
-                    &got,
-                    exp.expect_f32(&key, &s.shape)?,
-                    TOL_AFTER,
-                ));
+                let want = exp.expect_f32(&key, &s.shape)?;
+                rows.push(compare(&key, &s.shape, got, want, TOL_AFTER));
             }
         }
+        be.release(mark);
     }
     Ok(rows)
 }

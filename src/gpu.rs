@@ -17,6 +17,7 @@ pub const RETRY: &str = "the GPU or its driver failed; rerun the command, and if
 pub const BACKEND_NAMES: &str = "vulkan, metal, dx12, gl";
 
 /// Parses `--backend`. `None` means "wgpu's choice", honouring `WGPU_BACKEND`.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn parse_backends(name: Option<&str>) -> Result<wgpu::Backends> {
     Ok(match name.map(|s| s.to_ascii_lowercase()) {
         None => wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
@@ -31,7 +32,10 @@ pub fn parse_backends(name: Option<&str>) -> Result<wgpu::Backends> {
 }
 
 fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    #[cfg(not(target_arch = "wasm32"))]
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    #[cfg(target_arch = "wasm32")]
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = backends;
     wgpu::Instance::new(desc)
 }
@@ -71,24 +75,32 @@ struct Fault {
 }
 
 impl Gpu {
-    /// Opens the adapter chosen by `--backend` (or `WGPU_BACKEND` / `WGPU_ADAPTER_NAME`).
-    pub fn new(backend: Option<&str>) -> Result<Gpu> {
-        let backends = parse_backends(backend)?;
+    /// Opens the adapter chosen by `--backend` (or `WGPU_BACKEND` / `WGPU_ADAPTER_NAME`),
+    /// waiting for it.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(backend: Option<&str>) -> Result<Gpu> {
+        pollster::block_on(Gpu::request(parse_backends(backend)?))
+    }
+
+    /// Requests an adapter among `backends` and a device with everything it offers.
+    pub async fn request(backends: wgpu::Backends) -> Result<Gpu> {
         let inst = instance(backends);
-        let adapter = pollster::block_on(async {
-            if std::env::var_os("WGPU_ADAPTER_NAME").is_some() {
-                wgpu::util::initialize_adapter_from_env(&inst, None)
-                    .await
-                    .ok()
-            } else {
-                inst.request_adapter(&wgpu::RequestAdapterOptions {
-                    power_preference: wgpu::PowerPreference::HighPerformance,
-                    ..Default::default()
-                })
+        #[cfg(not(target_arch = "wasm32"))]
+        let by_name = std::env::var_os("WGPU_ADAPTER_NAME").is_some();
+        #[cfg(target_arch = "wasm32")]
+        let by_name = false;
+        let adapter = if by_name {
+            wgpu::util::initialize_adapter_from_env(&inst, None)
                 .await
                 .ok()
-            }
-        })
+        } else {
+            inst.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .ok()
+        }
         .ok_or_else(|| anyhow!(no_adapter_message(backends)))?;
         let info = adapter.get_info();
         let downlevel = adapter.get_downlevel_capabilities();
@@ -128,13 +140,15 @@ impl Gpu {
         if subgroups {
             features |= wgpu::Features::SUBGROUP;
         }
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("selfish"),
-            required_features: features,
-            required_limits: limits.clone(),
-            ..Default::default()
-        }))
-        .with_context(|| format!("could not open a device on adapter '{}'", info.name))?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("selfish"),
+                required_features: features,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("could not open a device on adapter '{}'", info.name))?;
         let fault: Arc<Mutex<Fault>> = Arc::default();
         let slot = fault.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -163,6 +177,77 @@ impl Gpu {
             subgroups,
             fault,
         })
+    }
+
+    /// Runs `f` inside an error scope and returns the error it raised. In a browser the scope
+    /// answers only later, so there the error goes to the uncaptured-error handler instead and
+    /// surfaces at the next [`Gpu::check`].
+    pub fn scoped<T>(
+        &self,
+        filter: wgpu::ErrorFilter,
+        f: impl FnOnce(&wgpu::Device) -> T,
+    ) -> (T, Option<wgpu::Error>) {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let scope = self.device.push_error_scope(filter);
+            let out = f(&self.device);
+            (out, pollster::block_on(scope.pop()))
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = filter;
+            (f(&self.device), None)
+        }
+    }
+
+    /// Waits until the queue is idle.
+    pub async fn wait(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+            self.check()?;
+            polled.map_err(|e| anyhow!("GPU wait failed: {e}: {RETRY}"))?;
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            // Mapping a tiny buffer resolves once everything submitted before has finished.
+            let probe = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wait"),
+                size: 4,
+                usage: wgpu::BufferUsages::MAP_READ,
+                mapped_at_creation: false,
+            });
+            let _: Vec<u32> = self.map_read(&probe).await?;
+        }
+        self.check()
+    }
+
+    /// Maps a `MAP_READ` buffer once the queue reaches it and copies it out; a lost device
+    /// or failed operation becomes a one-line error.
+    pub async fn map_read<T: bytemuck::Pod>(&self, staging: &wgpu::Buffer) -> Result<Vec<T>> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+            self.check()?;
+            polled.map_err(|e| anyhow!("GPU wait failed: {e}: {RETRY}"))?;
+        }
+        let mapped = rx
+            .await
+            .map_err(|_| anyhow!("a GPU readback never completed: {RETRY}"))?;
+        self.check()?;
+        mapped.map_err(|e| anyhow!("reading a GPU buffer failed: {e}: {RETRY}"))?;
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| anyhow!("mapping a GPU buffer failed: {e}"))?;
+            bytemuck::cast_slice(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(out)
     }
 
     /// The kernel choice this adapter gets. `SELFISH_KERNELS=cpu|gpu` forces the row-kernel
@@ -227,6 +312,7 @@ pub struct DeviceReport {
 }
 
 /// Every adapter wgpu can see on the given backends.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn list_devices(backend: Option<&str>) -> Result<Vec<DeviceReport>> {
     let backends = parse_backends(backend)?;
     let inst = instance(backends);

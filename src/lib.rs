@@ -1,22 +1,45 @@
 //! selfish: character-level GPT training on any GPU through WebGPU, with the threshold
 //! ("selfish token") cross-entropy of the *Stop Jostling* paper.
+//!
+//! Layers, each using only those above it:
+//! - `buffers`: handles and the CPU twins' memory.
+//! - `kernels`: every op's GPU launch and CPU twin (`src/kernels/<op>.rs`, `shaders/<op>.wgsl`).
+//! - `runtime`: the executors (GPU, CPU) of op lists; `gpu` opens the device.
+//! - `model`: the GPT over any backend; `loss`: the training losses.
+//! - `train`, `eval`, `checkpoint`: training, evaluation and sampling, checkpoints.
+//! - the tools around them: `check`, `fixture`, `experiment`, `report`, `bench`, `tune`.
 
 pub mod analysis;
 pub mod args;
-pub mod bench;
-pub mod check;
+pub mod buffers;
 pub mod checkpoint;
+pub mod compare;
 pub mod data;
-pub mod experiment;
+pub mod eval;
 pub mod fixture;
 pub mod gpu;
 pub mod kernels;
 pub mod loss;
 pub mod metrics;
 pub mod model;
-pub mod plot;
-pub mod report;
 pub mod rng;
 pub mod runtime;
+pub mod tensorfile;
 pub mod train;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod check;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod experiment;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fsio;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod plot;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod report;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod runlog;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod tune;

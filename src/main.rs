@@ -1,131 +1,23 @@
-//! The `selfish` command line.
-
-use std::process::ExitCode;
+//! The `selfish` command line: parsing, one small function per subcommand over library
+//! calls, and printing.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
-use selfish::args;
-use selfish::bench;
-use selfish::check;
+use selfish::compare::Row;
 use selfish::data::{self, Dataset};
-use selfish::gpu;
-use selfish::loss::Loss;
-use selfish::model::GptConfig;
-use selfish::runtime::{open_backend, Backend, GpuBackend};
+use selfish::loss::{self, Loss};
+use selfish::metrics::LangMetrics;
+use selfish::model::{GptConfig, Preset};
+use selfish::runtime::GpuBackend;
 use selfish::train::{self, TrainConfig};
+use selfish::{args, bench, check, eval, experiment, fixture, gpu, report, tune};
 
 /// The corpus path when --data is not given.
 const DEFAULT_DATA: &str = "data/tinyshakespeare.txt";
-
-fn load_dataset(path: Option<&Path>, low_resource_prob: f64) -> Result<Dataset> {
-    let path = match path {
-        Some(p) => p.to_path_buf(),
-        None => data::ensure_corpus(Path::new(DEFAULT_DATA))?,
-    };
-    let text = data::load_text(&path)?;
-    Dataset::from_text(&text, low_resource_prob)
-}
-
-fn parse_margin(s: &str) -> Result<Option<f32>> {
-    if s.eq_ignore_ascii_case("off") {
-        return Ok(None);
-    }
-    match s.parse::<f32>() {
-        Ok(m) if m.is_finite() && m >= 0.0 => Ok(Some(m)),
-        _ => bail!(
-            "invalid margin '{s}': pass a finite number >= 0, or `off` for plain cross-entropy"
-        ),
-    }
-}
-
-fn model_config(a: &ModelArgs, vocab: usize) -> Result<(GptConfig, usize)> {
-    let (mut cfg, mut batch) = match a.config.as_str() {
-        "paper" => (GptConfig::paper(vocab), 12),
-        "large" => (GptConfig::large(vocab), 64),
-        other => bail!("unknown config '{other}': use paper or large"),
-    };
-    if let Some(v) = a.n_layer {
-        cfg.n_layer = v;
-    }
-    if let Some(v) = a.n_head {
-        cfg.n_head = v;
-    }
-    if let Some(v) = a.n_embd {
-        cfg.n_embd = v;
-    }
-    if let Some(v) = a.block_size {
-        cfg.block_size = v;
-    }
-    if let Some(v) = a.batch_size {
-        batch = v;
-    }
-    cfg.validate()?;
-    if batch == 0 {
-        bail!("batch_size must be at least 1 (got 0): pass a positive --batch-size");
-    }
-    Ok((cfg, batch))
-}
-
-fn eval(
-    checkpoint: &Path,
-    data: Option<&Path>,
-    json: bool,
-    batch: usize,
-    backend: Option<&str>,
-) -> Result<ExitCode> {
-    let mut be = open_backend(backend)?;
-    let (model, vocab) = train::load_for_inference(be.as_mut(), checkpoint, batch)?;
-    let path = match data {
-        Some(p) => p.to_path_buf(),
-        None => data::ensure_corpus(Path::new(DEFAULT_DATA))?,
-    };
-    let text = data::load_text(&path)?;
-    let text_vocab = data::Vocab::from_text(&text)?;
-    if text_vocab != vocab {
-        bail!(
-            "the alphabet of '{}' ({} characters) differs from the checkpoint's ({} characters): evaluate on the text the model was trained on",
-            path.display(),
-            text_vocab.len(),
-            vocab.len()
-        );
-    }
-    let dataset = Dataset::with_vocab(vocab, &text, 0.0)?;
-    let mut results = Vec::new();
-    for (name, tokens) in train::languages(&dataset, model.cfg.vocab_size) {
-        let m = train::evaluate_language(&model, be.as_mut(), &tokens)?;
-        results.push((name, m));
-    }
-    if json {
-        let obj: serde_json::Map<String, serde_json::Value> = results
-            .iter()
-            .map(|(n, m)| (n.clone(), serde_json::to_value(m).unwrap()))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&obj)?);
-    } else {
-        println!(
-            "{:<8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8}",
-            "language", "tokens", "loss", "ppl", "best ppl", "at T", "acc", "rec@5", "MRR"
-        );
-        for (n, m) in &results {
-            println!(
-                "{:<8} {:>8} {:>8.4} {:>8.3} {:>9.3} {:>8.2} {:>8.4} {:>8.4} {:>8.4}",
-                n,
-                m.tokens,
-                m.loss,
-                m.ppl,
-                m.best_ppl,
-                m.best_temperature,
-                m.accuracy,
-                m.recall_at_5,
-                m.mrr
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
 
 #[derive(Parser)]
 #[command(
@@ -138,41 +30,71 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// Model size flags shared by `train` and `experiment`.
+/// Model size flags shared by `train`, `experiment` and `tune`.
 #[derive(clap::Args, Clone, Debug)]
 struct ModelArgs {
     /// paper (4 layers, 4 heads, width 128, block 64, batch 12) or large (6, 6, 384, 256, 64).
     #[arg(long, default_value = "paper")]
     config: String,
+    /// Transformer blocks (overrides --config).
     #[arg(long, value_parser = args::count)]
     n_layer: Option<usize>,
+    /// Attention heads per block; must divide --n-embd.
     #[arg(long, value_parser = args::count)]
     n_head: Option<usize>,
+    /// Width of the residual stream.
     #[arg(long, value_parser = args::count)]
     n_embd: Option<usize>,
+    /// Context length in characters.
     #[arg(long, value_parser = args::count)]
     block_size: Option<usize>,
+    /// Sequences per training step.
     #[arg(long, value_parser = args::count)]
     batch_size: Option<usize>,
+}
+
+impl ModelArgs {
+    /// The model for a vocabulary, and its batch size.
+    fn config(&self, vocab: usize) -> Result<(GptConfig, usize)> {
+        let p = Preset::find(&self.config)?;
+        let mut cfg = p.config(vocab);
+        for (flag, v) in [
+            (&mut cfg.n_layer, self.n_layer),
+            (&mut cfg.n_head, self.n_head),
+            (&mut cfg.n_embd, self.n_embd),
+            (&mut cfg.block_size, self.block_size),
+        ] {
+            if let Some(v) = v {
+                *flag = v;
+            }
+        }
+        cfg.validate()?;
+        Ok((cfg, self.batch_size.unwrap_or(p.batch_size)))
+    }
 }
 
 /// What a training run needs besides the model and the loss (`train` and `experiment`).
 #[derive(clap::Args, Clone, Debug)]
 struct RunArgs {
-    /// Text file to train on (default: tiny Shakespeare, downloaded to data/ when missing).
+    /// Text file to train on (default: tiny Shakespeare in data/, downloaded when missing).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Training steps (the schedule's length).
     #[arg(long, default_value_t = 8000, value_parser = args::steps)]
     steps: u64,
+    /// Peak learning rate, reached after --warmup steps.
     #[arg(long, default_value_t = 1e-3)]
     lr: f32,
+    /// Learning rate at the last step (cosine decay).
     #[arg(long, default_value_t = 1e-4)]
     min_lr: f32,
+    /// Linear warm-up steps.
     #[arg(long, default_value_t = 100, value_parser = args::steps)]
     warmup: u64,
     /// Share of training sequences written in the shifted (low-resource) alphabet; 0 for one language.
     #[arg(long, default_value_t = 0.02)]
     low_resource_prob: f64,
+    /// Seed of the initial weights and of the batches.
     #[arg(long, default_value_t = 1337)]
     seed: u64,
     /// Steps between validation losses and checkpoints (0: only at the end).
@@ -193,7 +115,7 @@ impl RunArgs {
     /// The dataset and a training configuration with the plain loss.
     fn config(&self, model: &ModelArgs, analysis: bool) -> Result<(Dataset, TrainConfig)> {
         let dataset = load_dataset(self.data.as_deref(), self.low_resource_prob)?;
-        let (cfg, batch_size) = model_config(model, dataset.model_vocab())?;
+        let (cfg, batch_size) = model.config(dataset.model_vocab())?;
         let tc = TrainConfig {
             model: cfg,
             batch_size,
@@ -201,7 +123,7 @@ impl RunArgs {
             lr: self.lr,
             min_lr: self.min_lr,
             warmup: self.warmup,
-            loss: Loss::PLAIN,
+            loss: Loss::plain(),
             low_resource_prob: self.low_resource_prob,
             seed: self.seed,
             eval_interval: self.eval_interval,
@@ -230,8 +152,8 @@ enum Cmd {
         /// Threshold margin (a number >= 0), or `off`; combines with --loss (e.g. counterpart).
         #[arg(long, default_value = "off", allow_hyphen_values = true)]
         margin: String,
-        /// plain, margin:M, hard:K, counterpart, sampled:K, or a '+' mix such as hard:8+counterpart.
-        #[arg(long, default_value = "plain")]
+        /// The training loss; the spellings:
+        #[arg(long, default_value = "plain", long_help = loss_help())]
         loss: String,
         /// Output folder for model.safetensors, state.safetensors and metrics.jsonl.
         #[arg(long, default_value = "runs/default")]
@@ -275,33 +197,44 @@ enum Cmd {
     /// Per-language loss, perplexity (with a temperature sweep), accuracy, recall@5 and MRR.
     #[command(allow_negative_numbers = true)]
     Eval {
+        /// A model.safetensors (or best.safetensors) written by `train`.
         #[arg(long)]
         checkpoint: PathBuf,
+        /// The text the model was trained on (default: tiny Shakespeare in data/).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Validation windows per forward pass.
         #[arg(long, default_value_t = 12, value_parser = args::count)]
         batch_size: usize,
+        /// vulkan, metal, dx12, gl, or cpu (the CPU twins).
         #[arg(long)]
         backend: Option<String>,
     },
     /// Generate text from a checkpoint.
     #[command(allow_negative_numbers = true)]
     Sample {
+        /// A model.safetensors written by `train`.
         #[arg(long)]
         checkpoint: PathBuf,
+        /// Text to continue (`\n` for a newline).
         #[arg(long, default_value = "\n")]
         prompt: String,
+        /// Characters to generate.
         #[arg(long, default_value_t = 200)]
         tokens: usize,
+        /// Softmax temperature; 0 or less picks the most likely character.
         #[arg(long, default_value_t = 1.0)]
         temperature: f32,
+        /// Seed of the draws.
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// base or shifted (the low-resource alphabet, when the model has it).
         #[arg(long, default_value = "base")]
         alphabet: String,
+        /// vulkan, metal, dx12, gl, or cpu (the CPU twins).
         #[arg(long)]
         backend: Option<String>,
     },
@@ -311,6 +244,7 @@ enum Cmd {
         /// vulkan, metal, dx12, gl, or cpu (the CPU twins).
         #[arg(long)]
         backend: Option<String>,
+        /// Print JSON (the shape tools/bench_torch.py prints) instead of tables.
         #[arg(long)]
         json: bool,
         /// Model configs to time a training step of.
@@ -322,6 +256,7 @@ enum Cmd {
         /// Timed steps per config and loss (fewer when --max-seconds runs out).
         #[arg(long, default_value_t = 20)]
         steps: usize,
+        /// Untimed steps first.
         #[arg(long, default_value_t = 2)]
         warmup: usize,
         /// Square matmul sizes.
@@ -330,8 +265,10 @@ enum Cmd {
         /// Skip a measurement whose single run takes longer than this.
         #[arg(long, default_value_t = 10.0)]
         max_seconds: f64,
+        /// Leave out the matmul table.
         #[arg(long)]
         no_matmul: bool,
+        /// Leave out the per-kernel profile.
         #[arg(long)]
         no_profile: bool,
     },
@@ -343,11 +280,13 @@ enum Cmd {
         /// Vocabulary size of the model to tune for (130: tiny Shakespeare, two alphabets).
         #[arg(long, default_value_t = 130)]
         vocab: usize,
+        /// vulkan, metal, dx12 or gl.
         #[arg(long)]
         backend: Option<String>,
         /// Skip a variant whose single run takes longer than this.
         #[arg(long, default_value_t = 5.0)]
         max_seconds: f64,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -356,6 +295,7 @@ enum Cmd {
         /// Only this backend: vulkan, metal, dx12 or gl.
         #[arg(long)]
         backend: Option<String>,
+        /// Print JSON instead of a list.
         #[arg(long)]
         json: bool,
     },
@@ -364,6 +304,7 @@ enum Cmd {
         /// vulkan, metal, dx12 or gl (default: wgpu's choice, honouring WGPU_BACKEND).
         #[arg(long)]
         backend: Option<String>,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
         /// Seed for the random inputs.
@@ -374,8 +315,15 @@ enum Cmd {
         op: Option<String>,
         /// Check the whole model against a PyTorch fixture folder instead (any backend, `cpu` too).
         #[arg(long)]
-        fixture: Option<std::path::PathBuf>,
+        fixture: Option<PathBuf>,
     },
+}
+
+fn loss_help() -> String {
+    format!(
+        "The training loss (validation always reports plain cross-entropy):\n{}",
+        loss::help()
+    )
 }
 
 fn main() -> ExitCode {
@@ -421,49 +369,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             resume,
             stop_after,
             analysis,
-        } => {
-            let (dataset, mut tc) = run.config(&model, analysis)?;
-            tc.loss = Loss::parse(&loss)?.with_margin(parse_margin(&margin)?)?;
-            tc.stop_after = stop_after;
-            let (cfg, steps, backend) = (tc.model, tc.steps, run.backend);
-            train::preflight(&dataset, &tc, &out, resume)?;
-            let mut be = open_backend(backend.as_deref())?;
-            catch_ctrl_c();
-            eprintln!(
-                "training on {}: {} parameters, {} steps, loss {}",
-                be.name(),
-                cfg.num_params(),
-                steps,
-                tc.loss
-            );
-            let s = train::train(be.as_mut(), &dataset, &tc, &out, resume, true)?;
-            if s.interrupted && s.step == 0 {
-                eprintln!("interrupted before the first step: nothing was saved");
-                return Ok(ExitCode::from(130));
-            }
-            if s.interrupted {
-                eprintln!(
-                    "interrupted: checkpoint of step {} of {steps} saved in '{}'; continue with the same command plus --resume",
-                    s.step,
-                    out.display()
-                );
-                return Ok(ExitCode::from(130));
-            }
-            if s.losses.is_empty() {
-                println!(
-                    "nothing to train: the checkpoint in '{}' is at step {}",
-                    out.display(),
-                    s.step
-                );
-            } else {
-                println!(
-                    "final training loss {:.4}; checkpoint {}",
-                    s.final_loss,
-                    train::model_path(&out).display()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cmd_train(
+            &model, &run, &margin, &loss, &out, resume, stop_after, analysis,
+        ),
         Cmd::Experiment {
             model,
             run,
@@ -471,71 +379,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             also,
             no_baseline,
             out,
-        } => {
-            let mut losses = Vec::new();
-            if !no_baseline {
-                losses.push(Loss::PLAIN);
-            }
-            if !(margins.len() == 1 && margins[0].eq_ignore_ascii_case("none")) {
-                for m in &margins {
-                    let margin = selfish::loss::parse_margin(m).ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "invalid margin '{m}' in --margins: pass numbers >= 0 separated by commas, or none"
-                        )
-                    })?;
-                    losses.push(Loss {
-                        margin: Some(margin),
-                        ..Loss::PLAIN
-                    });
-                }
-            }
-            for a in &also {
-                losses.push(Loss::parse(a)?);
-            }
-            let (dataset, base) = run.config(&model, true)?;
-            let command: Vec<String> = std::env::args().collect();
-            let mut be = open_backend(run.backend.as_deref())?;
-            catch_ctrl_c();
-            eprintln!(
-                "experiment on {}: {} runs of {} steps ({})",
-                be.name(),
-                losses.len(),
-                base.steps,
-                losses
-                    .iter()
-                    .map(|l| l.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            match selfish::experiment::run(
-                be.as_mut(),
-                &dataset,
-                &base,
-                &losses,
-                &out,
-                &command.join(" "),
-                true,
-            )? {
-                Some(evals) => {
-                    println!("{}", selfish::report::verdict(&evals));
-                    println!("report: {}", out.join("report.md").display());
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => {
-                    eprintln!(
-                        "interrupted: the current run's checkpoint is saved; run the same command again to continue"
-                    );
-                    Ok(ExitCode::from(130))
-                }
-            }
-        }
+        } => cmd_experiment(&model, &run, &margins, &also, no_baseline, &out),
         Cmd::Eval {
             checkpoint,
             data,
             json,
             batch_size,
             backend,
-        } => eval(
+        } => cmd_eval(
             &checkpoint,
             data.as_deref(),
             json,
@@ -551,62 +402,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             alphabet,
             backend,
         } => {
-            let mut be = open_backend(backend.as_deref())?;
-            let (model, vocab) = train::load_for_inference(be.as_mut(), &checkpoint, 1)?;
+            let mut be = tune::open(backend.as_deref())?;
             let prompt = prompt.replace("\\n", "\n");
-            if prompt.is_empty() {
-                bail!("--prompt is empty: give at least one character");
-            }
-            let shift = match alphabet.as_str() {
-                "base" => 0,
-                "shifted" if model.cfg.vocab_size == 2 * vocab.len() => vocab.len() as u32,
-                "shifted" => bail!("this model has no shifted alphabet (it was trained with --low-resource-prob 0): use --alphabet base"),
-                other => bail!("unknown alphabet '{other}': use base or shifted"),
+            let opts = eval::SampleArgs {
+                tokens,
+                temperature,
+                seed,
+                alphabet: &alphabet,
             };
-            let ids: Vec<u32> = vocab.encode(&prompt)?.iter().map(|&i| i + shift).collect();
-            let mut rng = selfish::rng::Rng::new(seed);
-            let out = train::sample(&model, be.as_mut(), &ids, tokens, temperature, &mut rng)?;
-            println!("{}{}", prompt, vocab.decode(&out));
+            let text = eval::sample_checkpoint(be.as_mut(), &checkpoint, &prompt, &opts)?;
+            println!("{prompt}{text}");
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Devices { backend, json } => devices(backend.as_deref(), json),
+        Cmd::Devices { backend, json } => cmd_devices(backend.as_deref(), json),
         Cmd::Tune {
             model,
             vocab,
             backend,
             max_seconds,
             json,
-        } => {
-            let (cfg, batch) = model_config(&model, vocab)?;
-            let mut gpu = GpuBackend::open(backend.as_deref())?;
-            let mark = gpu.mark();
-            selfish::model::Gpt::new(
-                &mut gpu,
-                cfg,
-                batch,
-                selfish::loss::Loss::PLAIN,
-                selfish::model::OptConfig::default(),
-            )?;
-            gpu.release(mark);
-            let rows = selfish::tune::tune(&mut gpu, max_seconds)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                println!("adapter: {}", gpu.gpu.describe());
-                for r in &rows {
-                    let times: Vec<String> = r
-                        .times
-                        .iter()
-                        .map(|(v, ms)| format!("{v} {ms:.3} ms"))
-                        .collect();
-                    println!("{:<28} best {:<9} ({})", r.shape, r.best, times.join(", "));
-                }
-                if let Some(p) = selfish::tune::cache_path() {
-                    println!("saved to {}", p.display());
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cmd_tune(&model, vocab, backend.as_deref(), max_seconds, json),
         Cmd::Bench {
             backend,
             json,
@@ -629,22 +444,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 matmul: !no_matmul,
                 profile: !no_profile,
             };
-            for l in &opts.losses {
-                selfish::loss::Loss::parse(l)?;
-            }
-            for c in &opts.configs {
-                bench::named_config(c, 130)?;
-            }
-            let report = if backend
-                .as_deref()
-                .is_some_and(|b| b.eq_ignore_ascii_case("cpu"))
-            {
-                let mut cpu = selfish::runtime::CpuBackend::new();
-                bench::run(bench::Bench::Cpu(&mut cpu), &opts)?
-            } else {
-                let mut gpu = GpuBackend::open(backend.as_deref())?;
-                bench::run(bench::Bench::Gpu(&mut gpu), &opts)?
-            };
+            let report = bench::run_named(backend.as_deref(), &opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -657,12 +457,210 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             seed,
             op,
-            fixture,
-        } => match fixture {
-            Some(dir) => check_fixture(backend.as_deref(), json, &dir),
-            None => check_kernels(backend.as_deref(), json, seed, op.as_deref()),
-        },
+            fixture: Some(dir),
+        } => {
+            let _ = (seed, op);
+            let mut be = selfish::runtime::open_backend(backend.as_deref())?;
+            let rows = fixture::check_fixture(be.as_mut(), &dir)?;
+            print_rows(&be.name(), &rows, json)
+        }
+        Cmd::Check {
+            backend,
+            json,
+            seed,
+            op,
+            fixture: None,
+        } => cmd_check(backend.as_deref(), json, seed, op.as_deref()),
     }
+}
+
+fn load_dataset(path: Option<&Path>, low_resource_prob: f64) -> Result<Dataset> {
+    let text = data::load_text(&corpus(path)?)?;
+    Dataset::from_text(&text, low_resource_prob)
+}
+
+/// `--data`, or tiny Shakespeare (checked, downloaded when missing).
+fn corpus(path: Option<&Path>) -> Result<PathBuf> {
+    match path {
+        Some(p) => Ok(p.to_path_buf()),
+        None => data::ensure_corpus(Path::new(DEFAULT_DATA)),
+    }
+}
+
+fn parse_margin(s: &str) -> Result<Option<f32>> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    match loss::parse_margin(s) {
+        Some(m) => Ok(Some(m)),
+        None => bail!(
+            "invalid margin '{s}': pass a finite number >= 0, or `off` for plain cross-entropy"
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_train(
+    model: &ModelArgs,
+    run: &RunArgs,
+    margin: &str,
+    loss: &str,
+    out: &Path,
+    resume: bool,
+    stop_after: Option<u64>,
+    analysis: bool,
+) -> Result<ExitCode> {
+    let (dataset, mut tc) = run.config(model, analysis)?;
+    tc.loss = Loss::parse(loss)?.with_margin(parse_margin(margin)?)?;
+    tc.stop_after = stop_after;
+    selfish::checkpoint::preflight(&dataset, &tc, out, resume)?;
+    let mut be = tune::open(run.backend.as_deref())?;
+    catch_ctrl_c();
+    eprintln!(
+        "training on {}: {} parameters, {} steps, loss {}",
+        be.name(),
+        tc.model.num_params(),
+        tc.steps,
+        tc.loss
+    );
+    let s = train::train(be.as_mut(), &dataset, &tc, out, resume, true)?;
+    let shown = out.display();
+    if s.interrupted && s.step == 0 {
+        eprintln!("interrupted before the first step: nothing was saved");
+        return Ok(ExitCode::from(130));
+    }
+    if s.interrupted {
+        eprintln!(
+            "interrupted: checkpoint of step {} of {} saved in '{shown}'; continue with the same command plus --resume",
+            s.step, tc.steps
+        );
+        return Ok(ExitCode::from(130));
+    }
+    if s.losses.is_empty() {
+        println!(
+            "nothing to train: the checkpoint in '{shown}' is at step {}",
+            s.step
+        );
+    } else {
+        let path = selfish::checkpoint::model_path(out);
+        println!(
+            "final training loss {:.4}; checkpoint {}",
+            s.final_loss,
+            path.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_experiment(
+    model: &ModelArgs,
+    run: &RunArgs,
+    margins: &[String],
+    also: &[String],
+    no_baseline: bool,
+    out: &Path,
+) -> Result<ExitCode> {
+    let losses = experiment::losses(margins, also, no_baseline)?;
+    let (dataset, base) = run.config(model, true)?;
+    let command: Vec<String> = std::env::args().collect();
+    let mut be = tune::open(run.backend.as_deref())?;
+    catch_ctrl_c();
+    let names: Vec<String> = losses.iter().map(|l| l.to_string()).collect();
+    eprintln!(
+        "experiment on {}: {} runs of {} steps ({})",
+        be.name(),
+        losses.len(),
+        base.steps,
+        names.join(", ")
+    );
+    let done = experiment::run(
+        be.as_mut(),
+        &dataset,
+        &base,
+        &losses,
+        out,
+        &command.join(" "),
+        true,
+    )?;
+    match done {
+        Some(evals) => {
+            println!("{}", report::verdict(&evals));
+            println!("report: {}", out.join("report.md").display());
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("interrupted: the current run's checkpoint is saved; run the same command again to continue");
+            Ok(ExitCode::from(130))
+        }
+    }
+}
+
+fn cmd_eval(
+    checkpoint: &Path,
+    data: Option<&Path>,
+    json: bool,
+    batch: usize,
+    backend: Option<&str>,
+) -> Result<ExitCode> {
+    let mut be = tune::open(backend)?;
+    let results = eval::evaluate_checkpoint(be.as_mut(), checkpoint, &corpus(data)?, batch)?;
+    if json {
+        let obj: serde_json::Map<String, serde_json::Value> = results
+            .iter()
+            .map(|(n, m)| Ok((n.clone(), serde_json::to_value(m)?)))
+            .collect::<Result<_>>()?;
+        println!("{}", serde_json::to_string_pretty(&obj)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8}",
+        "language", "tokens", "loss", "ppl", "best ppl", "at T", "acc", "rec@5", "MRR"
+    );
+    for (n, m) in &results {
+        let LangMetrics {
+            tokens,
+            loss,
+            ppl,
+            best_ppl,
+            best_temperature,
+            accuracy,
+            recall_at_5,
+            mrr,
+        } = m;
+        println!(
+            "{n:<8} {tokens:>8} {loss:>8.4} {ppl:>8.3} {best_ppl:>9.3} {best_temperature:>8.2} {accuracy:>8.4} {recall_at_5:>8.4} {mrr:>8.4}"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_tune(
+    model: &ModelArgs,
+    vocab: usize,
+    backend: Option<&str>,
+    max_seconds: f64,
+    json: bool,
+) -> Result<ExitCode> {
+    let (cfg, batch) = model.config(vocab)?;
+    let mut gpu = tune::open_gpu(backend)?;
+    let rows = tune::tune_model(&mut gpu, cfg, batch, max_seconds)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("adapter: {}", gpu.gpu().describe());
+    for r in &rows {
+        let times: Vec<String> = r
+            .times
+            .iter()
+            .map(|(v, ms)| format!("{v} {ms:.3} ms"))
+            .collect();
+        println!("{:<28} best {:<9} ({})", r.shape, r.best, times.join(", "));
+    }
+    if let Some(p) = tune::cache_path() {
+        println!("saved to {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// First Ctrl-C (or SIGTERM): let `train` save a checkpoint after its current step. Second:
@@ -683,7 +681,7 @@ fn catch_ctrl_c() {
     }
 }
 
-fn devices(backend: Option<&str>, json: bool) -> Result<ExitCode> {
+fn cmd_devices(backend: Option<&str>, json: bool) -> Result<ExitCode> {
     let list = gpu::list_devices(backend)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
@@ -703,38 +701,36 @@ fn devices(backend: Option<&str>, json: bool) -> Result<ExitCode> {
             d.max_compute_invocations_per_workgroup,
             d.max_compute_workgroups_per_dimension
         );
+        let yes = |b: bool| if b { "yes" } else { "no" };
         println!(
             "    subgroup size {}..{}, timestamps {}, compute {}",
             d.subgroup_min_size,
             d.subgroup_max_size,
-            if d.timestamp_query { "yes" } else { "no" },
-            if d.compute_shaders { "yes" } else { "no" }
+            yes(d.timestamp_query),
+            yes(d.compute_shaders)
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_rows(adapter: &str, rows: &[check::Row], json: bool) -> Result<ExitCode> {
+/// The one row printer: a table, or JSON with the adapter and the failure count. Exits 1
+/// when any row failed.
+fn print_rows(adapter: &str, rows: &[Row], json: bool) -> Result<ExitCode> {
     let failed = rows.iter().filter(|r| !r.ok).count();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "adapter": adapter,
-                "rows": rows,
-                "failed": failed,
-            }))?
-        );
+        let doc = serde_json::json!({ "adapter": adapter, "rows": rows, "failed": failed });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         println!("adapter: {adapter}");
         println!(
-            "{:<44} {:>11} {:>11} {:>9}  ok",
-            "quantity", "max abs", "max rel", "tol"
+            "{:<32} {:<30} {:>11} {:>11} {:>9}  ok",
+            "quantity", "shape", "max abs", "max rel", "tol"
         );
         for r in rows {
             println!(
-                "{:<44} {:>11.3e} {:>11.3e} {:>9.1e}  {}",
+                "{:<32} {:<30} {:>11.3e} {:>11.3e} {:>9.1e}  {}",
                 r.op,
+                r.shape,
                 r.max_abs_err,
                 r.max_rel_err,
                 r.tol,
@@ -750,65 +746,23 @@ fn print_rows(adapter: &str, rows: &[check::Row], json: bool) -> Result<ExitCode
     })
 }
 
-fn check_fixture(backend: Option<&str>, json: bool, dir: &std::path::Path) -> Result<ExitCode> {
-    let mut be = selfish::runtime::open_backend(backend)?;
-    let rows = selfish::fixture::check_fixture(be.as_mut(), dir)?;
-    print_rows(&be.name(), &rows, json)
-}
-
-fn check_kernels(
-    backend: Option<&str>,
-    json: bool,
-    seed: u64,
-    only: Option<&str>,
-) -> Result<ExitCode> {
+fn cmd_check(backend: Option<&str>, json: bool, seed: u64, only: Option<&str>) -> Result<ExitCode> {
     let mut gpu = GpuBackend::open(backend)?;
-    if !json {
-        println!("adapter: {}", gpu.gpu.describe());
-        println!(
-            "{:<32} {:<30} {:>11} {:>11} {:>9}  ok",
-            "op", "shape", "max abs", "max rel", "tol"
+    let cases: Vec<_> = check::cases()
+        .into_iter()
+        .filter(|c| only.is_none_or(|o| c.op.contains(o)))
+        .collect();
+    if cases.is_empty() {
+        let names: Vec<&str> = selfish::kernels::OPS.iter().map(|o| o.name).collect();
+        bail!(
+            "no kernel matches --op {}: try {}",
+            only.unwrap_or(""),
+            names.join(", ")
         );
     }
     let mut rows = Vec::new();
-    let cases = check::cases()
-        .into_iter()
-        .filter(|c| only.is_none_or(|o| c.op.contains(o)));
-    for case in cases {
-        for row in check::run_case(&mut gpu, &case, seed)? {
-            if !json {
-                println!(
-                    "{:<32} {:<30} {:>11.3e} {:>11.3e} {:>9.1e}  {}",
-                    row.op,
-                    row.shape,
-                    row.max_abs_err,
-                    row.max_rel_err,
-                    row.tol,
-                    if row.ok { "ok" } else { "FAIL" }
-                );
-            }
-            rows.push(row);
-        }
+    for case in &cases {
+        rows.extend(check::run_case(&mut gpu, case, seed)?);
     }
-    if rows.is_empty() {
-        anyhow::bail!("no kernel matches --op {}: try matmul, softmax, threshold, cross_entropy, sampled, layernorm, gelu, attention, embedding, residual or adamw", only.unwrap_or(""));
-    }
-    let failed = rows.iter().filter(|r| !r.ok).count();
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "adapter": gpu.gpu.describe(),
-                "rows": rows,
-                "failed": failed,
-            }))?
-        );
-    } else {
-        println!("{} rows, {} failed", rows.len(), failed);
-    }
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    print_rows(&gpu.gpu().describe(), &rows, json)
 }

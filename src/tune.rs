@@ -8,13 +8,14 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 
 use crate::bench::time_runs;
 use crate::gpu::Gpu;
-use crate::kernels::{matmul, Op};
-use crate::runtime::{Backend, Dtype, GpuBackend};
+use crate::kernels::matmul::{self, Matmul};
+use crate::kernels::{IntoOp, Target};
+use crate::runtime::{Backend, CpuBackend, Dtype, GpuBackend, Wait};
 
 /// `$SELFISH_CACHE`, else `$XDG_CACHE_HOME/selfish/tune.json`, else `~/.cache/selfish/tune.json`.
 pub fn cache_path() -> Option<PathBuf> {
@@ -59,6 +60,44 @@ pub fn load(gpu: &Gpu, available: &[&'static str]) -> BTreeMap<String, &'static 
     out
 }
 
+/// The adapter's kernel choice with its cached measurements, unless `SELFISH_TUNED=0`.
+pub fn tuned_target(gpu: &Gpu) -> Target {
+    let mut t = gpu.target();
+    if std::env::var("SELFISH_TUNED").as_deref() != Ok("0") {
+        t.tuned = load(gpu, &matmul::available(&t));
+    }
+    t
+}
+
+/// Opens the adapter `--backend` names with its tuned kernel choice.
+pub fn open_gpu(backend: Option<&str>) -> Result<GpuBackend> {
+    let gpu = Gpu::open(backend)?;
+    let t = tuned_target(&gpu);
+    Ok(GpuBackend::new(gpu, t))
+}
+
+/// Opens `cpu` (the CPU twins) or the tuned GPU adapter `--backend` names.
+pub fn open(backend: Option<&str>) -> Result<Box<dyn Backend>> {
+    match backend {
+        Some(n) if n.eq_ignore_ascii_case("cpu") => Ok(Box::new(CpuBackend::new())),
+        _ => Ok(Box::new(open_gpu(backend)?)),
+    }
+}
+
+/// Builds the model once (to learn its products), then [`tune`]s them.
+pub fn tune_model(
+    gpu: &mut GpuBackend,
+    cfg: crate::model::GptConfig,
+    batch: usize,
+    max_seconds: f64,
+) -> Result<Vec<TuneRow>> {
+    let mark = gpu.mark();
+    let loss = crate::loss::Loss::plain();
+    crate::model::Gpt::new(gpu, cfg, batch, &loss, crate::model::OptConfig::default())?;
+    gpu.release(mark);
+    tune(gpu, max_seconds)
+}
+
 /// One tuned shape.
 #[derive(Serialize, Clone, Debug)]
 pub struct TuneRow {
@@ -68,11 +107,11 @@ pub struct TuneRow {
     pub times: Vec<(String, f64)>,
 }
 
-/// Times every variant the adapter can run (but the naive one) on every shape in
-/// `gpu.matmul_shapes`, stores the winners in the cache and in `gpu.target`.
+/// Times every variant the adapter can run (but the naive one) on every product `gpu` has
+/// compiled, stores the winners in the cache and in `gpu`'s target.
 pub fn tune(gpu: &mut GpuBackend, max_seconds: f64) -> Result<Vec<TuneRow>> {
-    let shapes: Vec<matmul::Shape> = gpu.matmul_shapes.values().copied().collect();
-    let variants: Vec<&'static str> = matmul::available(&gpu.target)
+    let shapes = gpu.products();
+    let variants: Vec<&'static str> = matmul::available(gpu.target())
         .into_iter()
         .filter(|&v| v != "naive")
         .collect();
@@ -85,23 +124,23 @@ pub fn tune(gpu: &mut GpuBackend, max_seconds: f64) -> Result<Vec<TuneRow>> {
         let c = gpu.alloc("tune c", ec, Dtype::F32)?;
         let mut times = Vec::new();
         for &variant in &variants {
-            let seq = gpu.compile(&[Op::MatmulVariant {
-                variant,
-                s,
-                a,
-                b,
-                c,
-            }])?;
+            let op = Matmul {
+                variant: Some(variant),
+                ..Matmul::new(s, a, b, c)
+            };
+            let seq = gpu.compile(vec![op.op()])?;
             if let Some(secs) = time_runs(max_seconds, || {
                 gpu.run(&[seq])?;
-                gpu.finish()
+                gpu.finish_now()
             })? {
                 times.push((variant, secs * 1e3));
             }
         }
         gpu.release(mark);
         if let Some(&(best, _)) = times.iter().min_by(|x, y| x.1.total_cmp(&y.1)) {
-            gpu.target.tuned.insert(s.key(), best);
+            let mut t = gpu.target().clone();
+            t.tuned.insert(s.key(), best);
+            gpu.set_target(t);
             rows.push(TuneRow {
                 shape: s.key(),
                 best: best.to_string(),
@@ -110,24 +149,16 @@ pub fn tune(gpu: &mut GpuBackend, max_seconds: f64) -> Result<Vec<TuneRow>> {
         }
     }
     let mut cache = read_cache();
-    let entry = cache.entry(adapter_key(&gpu.gpu)).or_default();
+    let entry = cache.entry(adapter_key(gpu.gpu())).or_default();
     for r in &rows {
         entry.insert(r.shape.clone(), r.best.clone());
     }
     if let Some(path) = cache_path() {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create cache folder '{}'", dir.display()))?;
+            crate::fsio::create_dir(dir, "cache folder")?;
         }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&cache)?)
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .with_context(|| {
-                format!(
-                    "cannot write the tuning cache '{}': check permissions or set SELFISH_CACHE",
-                    path.display()
-                )
-            })?;
+        crate::fsio::write_atomic(&path, serde_json::to_string_pretty(&cache)?.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{e}; or set SELFISH_CACHE to another path"))?;
     }
     Ok(rows)
 }

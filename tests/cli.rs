@@ -113,9 +113,9 @@ fn train_eval_sample_end_to_end() {
     assert!(out.join("model.safetensors").exists() && out.join("state.safetensors").exists());
     // --loss and --margin combine, and the checkpoint says which loss trained it.
     assert!(stderr.contains("loss counterpart+margin:1"), "{stderr}");
-    let meta = selfish::checkpoint::load(&out.join("model.safetensors")).unwrap();
+    let meta = selfish::tensorfile::load(&out.join("model.safetensors")).unwrap();
     assert_eq!(meta.meta("loss").unwrap(), "counterpart+margin:1");
-    let state = selfish::checkpoint::load(&out.join("state.safetensors")).unwrap();
+    let state = selfish::tensorfile::load(&out.join("state.safetensors")).unwrap();
     let tc: serde_json::Value = serde_json::from_str(state.meta("train_config").unwrap()).unwrap();
     assert_eq!(tc["loss"], "counterpart+margin:1");
 

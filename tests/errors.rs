@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use selfish::checkpoint::{self, TensorFile};
+use selfish::tensorfile::{self as checkpoint, TensorFile};
 
 /// The tiny model every case uses; anything but the option under test is valid.
 const TINY: [&str; 10] = [

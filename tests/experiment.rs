@@ -21,13 +21,14 @@ fn base(data: &Dataset) -> TrainConfig {
             n_layer: 1,
             n_head: 2,
             n_embd: 16,
+            untied: false,
         },
         batch_size: 4,
         steps: 30,
         lr: 3e-3,
         min_lr: 3e-4,
         warmup: 3,
-        loss: Loss::PLAIN,
+        loss: Loss::plain(),
         low_resource_prob: data.low_resource_prob,
         seed: 11,
         eval_interval: 15,
@@ -54,7 +55,7 @@ fn steps_logged(dir: &Path) -> Vec<u64> {
 fn experiment_runs_resumes_and_reports() {
     let data = Dataset::from_text(&common::synthetic_text(30_000, 5), 0.2).unwrap();
     let out = common::tempdir("run");
-    let losses = [Loss::PLAIN, Loss::parse("margin:1").unwrap()];
+    let losses = [Loss::plain(), Loss::parse("margin:1").unwrap()];
     let mut gpu = GpuBackend::open(None).expect("a GPU adapter (CI installs Mesa's lavapipe)");
 
     // Interrupted partway through the first run: a checkpoint, no evaluation, no report.

@@ -10,9 +10,9 @@ use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
-use selfish::checkpoint::{self, Tensor, TensorFile};
 use selfish::data::{load_text, Dataset, Vocab};
 use selfish::fixture::Fixture;
+use selfish::tensorfile::{self, Tensor, TensorFile};
 
 /// Counts this thread's live heap bytes and their peak, so a test can bound what one call
 /// allocates. Thread-local, because the test harness runs other tests on other threads.
@@ -86,12 +86,13 @@ fn model_bytes() -> Vec<u8> {
         n_layer: 1,
         n_head: 2,
         n_embd: 8,
+        untied: false,
     };
     let mut rng = selfish::rng::Rng::new(3);
     let params = selfish::model::init_params(&cfg, &mut rng);
     let mut f = TensorFile::new();
-    for (s, v) in selfish::model::param_specs(&cfg).iter().zip(params) {
-        f.push(Tensor::f32(s.name.clone(), s.shape.clone(), v));
+    for (s, v) in selfish::model::specs(&cfg).iter().zip(params.iter()) {
+        f.push(Tensor::f32(s.name.clone(), s.shape.clone(), v.clone()));
     }
     for (k, v) in [
         ("vocab_size", 6),
@@ -104,7 +105,7 @@ fn model_bytes() -> Vec<u8> {
     }
     f.set_meta("vocab", Vocab::from_text("abcdef").unwrap().to_json());
     f.set_meta("step", 3);
-    checkpoint::to_bytes(&f).unwrap()
+    tensorfile::to_bytes(&f).unwrap()
 }
 
 /// Every way one file can be damaged: bit flips, a cut, a new header length, edited header
@@ -161,9 +162,9 @@ fn load_bytes(dir: &Path, bytes: &[u8]) {
     std::fs::write(&p, bytes).unwrap();
     let (r, peak) = peak_of(|| {
         // The whole read path of `eval` and `--resume`: parse, then trust nothing in it.
-        checkpoint::load(&p).and_then(|f| {
-            let cfg = f.gpt_config()?;
-            for s in selfish::model::param_specs(&cfg) {
+        tensorfile::load(&p).and_then(|f| {
+            let cfg = selfish::checkpoint::gpt_config(&f)?;
+            for s in selfish::model::specs(&cfg).iter() {
                 f.expect_f32(&s.name, &s.shape)?;
             }
             Vocab::from_json(f.meta("vocab")?)?;
@@ -173,7 +174,7 @@ fn load_bytes(dir: &Path, bytes: &[u8]) {
     if let Err(e) = r {
         assert!(!format!("{e:#}").contains('\n'), "multi-line error: {e:#}");
     }
-    assert_bounded(peak, bytes.len(), "checkpoint::load");
+    assert_bounded(peak, bytes.len(), "tensorfile::load");
 }
 
 proptest! {

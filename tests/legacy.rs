@@ -45,11 +45,42 @@ fn old_checkpoint_resumes_to_the_same_losses() {
     }
     let data = fixture().join("data.txt");
     let args = [
-        "train", "--data", data.to_str().unwrap(), "--n-layer", "1", "--n-head", "2",
-        "--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--steps", "20",
-        "--warmup", "5", "--lr", "3e-3", "--low-resource-prob", "0.1", "--loss", "margin:1",
-        "--eval-interval", "10", "--eval-batches", "1", "--log-interval", "1", "--seed", "7",
-        "--backend", "cpu", "--out", out.to_str().unwrap(), "--resume",
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--n-layer",
+        "1",
+        "--n-head",
+        "2",
+        "--n-embd",
+        "16",
+        "--block-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--steps",
+        "20",
+        "--warmup",
+        "5",
+        "--lr",
+        "3e-3",
+        "--low-resource-prob",
+        "0.1",
+        "--loss",
+        "margin:1",
+        "--eval-interval",
+        "10",
+        "--eval-batches",
+        "1",
+        "--log-interval",
+        "1",
+        "--seed",
+        "7",
+        "--backend",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+        "--resume",
     ];
     selfish(&args);
     let whole = losses(&fixture().join("metrics-whole.jsonl"));
@@ -67,16 +98,33 @@ fn old_checkpoint_evaluates_the_same() {
     let model = fixture().join("model.safetensors");
     let data = fixture().join("data.txt");
     let got: serde_json::Value = serde_json::from_str(&selfish(&[
-        "eval", "--checkpoint", model.to_str().unwrap(), "--data", data.to_str().unwrap(),
-        "--json", "--backend", "cpu",
+        "eval",
+        "--checkpoint",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        "--backend",
+        "cpu",
     ]))
     .unwrap();
     let want: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture().join("eval-half.json")).unwrap())
             .unwrap();
     for lang in ["base", "shifted"] {
-        for key in ["loss", "ppl", "best_ppl", "best_temperature", "accuracy", "mrr", "recall_at_5"] {
-            let (g, w) = (got[lang][key].as_f64().unwrap(), want[lang][key].as_f64().unwrap());
+        for key in [
+            "loss",
+            "ppl",
+            "best_ppl",
+            "best_temperature",
+            "accuracy",
+            "mrr",
+            "recall_at_5",
+        ] {
+            let (g, w) = (
+                got[lang][key].as_f64().unwrap(),
+                want[lang][key].as_f64().unwrap(),
+            );
             assert!((g - w).abs() <= 1e-9 * w.abs(), "{lang} {key}: {g} vs {w}");
         }
     }

@@ -1,11 +1,11 @@
 //! Properties of the related negative-selection losses (`hard:K`, `counterpart`, their mixes
 //! with a margin, and `sampled:K`) on the CPU twins and on the GPU.
 
-use selfish::kernels::cross_entropy::{self, Keep};
-use selfish::kernels::sampled_loss;
-use selfish::kernels::Op;
+use selfish::kernels::cross_entropy::{self, CrossEntropy, Keep};
+use selfish::kernels::sampled_loss::{self, SampledLoss};
+use selfish::kernels::IntoOp;
 use selfish::rng::Rng;
-use selfish::runtime::{Backend, CpuBackend, Dtype, GpuBackend};
+use selfish::runtime::{Backend, CpuBackend, Dtype, GpuBackend, Wait};
 
 const ROWS: usize = 37;
 /// Two alphabets of 65, the paper's model vocabulary.
@@ -57,7 +57,7 @@ fn cross_entropy(
     let cols = logits.len() / rows;
     let [l, t, losses, d] = alloc_batch(be, logits, targets);
     let seq = be
-        .compile(&[Op::CrossEntropy {
+        .compile(vec![CrossEntropy {
             rows: rows as u32,
             cols: cols as u32,
             keep,
@@ -66,10 +66,11 @@ fn cross_entropy(
             targets: t,
             losses,
             dlogits: d,
-        }])
+        }
+        .op()])
         .unwrap();
     be.run(&[seq]).unwrap();
-    (be.read_f32(losses).unwrap(), be.read_f32(d).unwrap())
+    (be.read_now(losses).unwrap(), be.read_now(d).unwrap())
 }
 
 /// The sampled loss on a backend: (per-row losses, dlogits).
@@ -103,7 +104,7 @@ fn sampled_with_table(
     be.write_u32(cdf, table);
     be.write_u32(s, &seeds);
     let seq = be
-        .compile(&[Op::SampledLoss {
+        .compile(vec![SampledLoss {
             rows: rows as u32,
             cols: cols as u32,
             k,
@@ -114,10 +115,11 @@ fn sampled_with_table(
             seeds: s,
             losses,
             dlogits: d,
-        }])
+        }
+        .op()])
         .unwrap();
     be.run(&[seq]).unwrap();
-    (be.read_f32(losses).unwrap(), be.read_f32(d).unwrap())
+    (be.read_now(losses).unwrap(), be.read_now(d).unwrap())
 }
 
 fn hard(k: u32) -> Keep {

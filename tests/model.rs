@@ -50,6 +50,7 @@ fn tiny_config(data: &Dataset, steps: u64, loss: &str) -> TrainConfig {
             n_layer: 2,
             n_head: 2,
             n_embd: 32,
+            untied: false,
         },
         batch_size: 4,
         steps,

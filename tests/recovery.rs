@@ -7,10 +7,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use selfish::checkpoint;
 use selfish::data::Dataset;
 use selfish::model::GptConfig;
-use selfish::runtime::{Backend, Buf, CpuBackend, Dtype, GpuBackend, Seq};
+use selfish::runtime::{Backend, Buf, CpuBackend, Dtype, GpuBackend, Pending, Seq};
 use selfish::train::{self, TrainConfig};
 
 fn corpus_text() -> String {
@@ -34,6 +33,7 @@ fn tiny(data: &Dataset, steps: u64) -> TrainConfig {
             n_layer: 1,
             n_head: 2,
             n_embd: 16,
+            untied: false,
         },
         batch_size: 4,
         steps,
@@ -52,7 +52,10 @@ fn tiny(data: &Dataset, steps: u64) -> TrainConfig {
 }
 
 fn step_of(path: &Path) -> usize {
-    checkpoint::load(path).unwrap().meta_usize("step").unwrap()
+    selfish::tensorfile::load(path)
+        .unwrap()
+        .meta_usize("step")
+        .unwrap()
 }
 
 fn no_tmp_files(dir: &Path) {
@@ -184,20 +187,20 @@ impl Backend for LosesDevice {
     fn write_u32(&mut self, b: Buf, data: &[u32]) {
         self.gpu.write_u32(b, data)
     }
-    fn read_f32(&mut self, b: Buf) -> anyhow::Result<Vec<f32>> {
+    fn read_f32(&mut self, b: Buf) -> Pending<'_, Vec<f32>> {
         self.gpu.read_f32(b)
     }
-    fn compile(&mut self, ops: &[selfish::kernels::Op]) -> anyhow::Result<Seq> {
+    fn compile(&mut self, ops: Vec<selfish::kernels::Op>) -> anyhow::Result<Seq> {
         self.gpu.compile(ops)
     }
     fn run(&mut self, seqs: &[Seq]) -> anyhow::Result<()> {
         self.runs += 1;
         if self.runs == self.at {
-            self.gpu.gpu.device.destroy();
+            self.gpu.gpu().device.destroy();
         }
         self.gpu.run(seqs)
     }
-    fn finish(&mut self) -> anyhow::Result<()> {
+    fn finish(&mut self) -> Pending<'_, ()> {
         self.gpu.finish()
     }
 }

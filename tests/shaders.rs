@@ -6,56 +6,118 @@ use std::path::Path;
 
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
+use selfish::kernels;
 
-fn shader_files() -> Vec<(String, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
-    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
-        .expect("shaders/ exists")
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wgsl"))
-        .map(|p| {
-            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read_to_string(&p).unwrap())
-        })
-        .collect();
+/// `(name, source)` of every `.wgsl` file under `shaders/` (`lib/reduce` for shared ones).
+fn files_on_disk() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut out = Vec::new();
+    for (dir, prefix) in [(root.clone(), ""), (root.join("lib"), "lib/")] {
+        for e in std::fs::read_dir(&dir).expect("shaders/ exists").flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "wgsl") {
+                let stem = p.file_stem().unwrap().to_string_lossy();
+                out.push((
+                    format!("{prefix}{stem}"),
+                    std::fs::read_to_string(&p).unwrap(),
+                ));
+            }
+        }
+    }
     out.sort();
     out
 }
 
+/// Every registered shader as the device compiles it (prelude included).
+fn shader_files() -> Vec<(String, String)> {
+    kernels::shaders()
+        .map(|s| (s.name.to_string(), s.full_source()))
+        .collect()
+}
+
 #[test]
 fn registry_matches_shader_folder() {
-    let on_disk: Vec<String> = shader_files().into_iter().map(|(n, _)| n).collect();
-    let mut registered: Vec<String> = selfish::kernels::SHADERS
-        .iter()
-        .map(|(n, _)| n.to_string())
+    let mut registered: Vec<(String, String)> = kernels::shaders()
+        .map(|s| (s.name.to_string(), s.source.to_string()))
+        .chain(
+            kernels::LIBS
+                .iter()
+                .map(|l| (l.name.to_string(), l.source.to_string())),
+        )
         .collect();
     registered.sort();
+    let names = |v: &[(String, String)]| v.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
     assert_eq!(
-        on_disk, registered,
-        "kernels::SHADERS must list every shaders/*.wgsl"
+        names(&files_on_disk()),
+        names(&registered),
+        "kernels::OPS and kernels::LIBS must list every shaders/**/*.wgsl"
     );
-    for (name, src) in shader_files() {
-        let registered_src = selfish::kernels::SHADERS
-            .iter()
-            .find(|(n, _)| *n == name)
-            .unwrap()
-            .1;
-        assert_eq!(
-            src, registered_src,
-            "{name}.wgsl differs from the embedded copy"
-        );
+    for ((name, disk), (_, embedded)) in files_on_disk().iter().zip(&registered) {
+        assert_eq!(disk, embedded, "{name}.wgsl differs from the embedded copy");
     }
 }
 
 #[test]
 fn every_shader_states_its_math() {
-    for (name, src) in shader_files() {
+    for (name, src) in files_on_disk() {
         let header: Vec<&str> = src.lines().take_while(|l| l.starts_with("//")).collect();
         assert!(
             header.len() >= 3,
             "shaders/{name}.wgsl must open with a comment block stating the math it computes"
         );
+    }
+}
+
+/// The host writes each uniform through a `#[repr(C)]` struct; its fields must sit exactly
+/// where the WGSL `Params` struct reads them, name for name.
+#[test]
+fn uniform_structs_match_wgsl_params() {
+    for s in kernels::shaders() {
+        let wgsl = s.wgsl_params().unwrap_or_else(|e| panic!("{e}"));
+        let host: Vec<(String, u32)> = (s.params)()
+            .into_iter()
+            .map(|f| (f.name.to_string(), f.offset as u32))
+            .collect();
+        assert_eq!(
+            host, wgsl,
+            "shaders/{}.wgsl Params vs its Rust struct",
+            s.name
+        );
+        assert!(
+            (s.params)().iter().all(|f| f.size == 4),
+            "{}: 32-bit fields only",
+            s.name
+        );
+    }
+}
+
+/// Every buffer a kernel binds by name is declared by its shader.
+#[test]
+fn every_launch_binds_declared_buffers() {
+    let targets = [
+        kernels::Target::default(),
+        kernels::Target {
+            cpu_like: true,
+            subgroup8: true,
+            ..Default::default()
+        },
+    ];
+    for case in kernels::cases() {
+        for t in &targets {
+            for op in case.probe() {
+                for l in op.launches(t) {
+                    let declared = l.shader.bindings().unwrap();
+                    for (name, _) in &l.bufs {
+                        assert!(
+                            declared.contains_key(*name),
+                            "{}::{} binds '{name}', not declared in the shader",
+                            l.shader.name,
+                            l.entry
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -66,7 +128,8 @@ fn every_shader_validates_and_translates() {
             .unwrap_or_else(|e| panic!("{name}.wgsl: {}", e.emit_to_string(&src)));
         // Subgroup kernels are only picked on adapters with the subgroup feature; the rest
         // must validate with no optional capability at all.
-        let caps = if selfish::kernels::SUBGROUP_SHADERS.contains(&name.as_str()) {
+        let subgroups = kernels::shaders().any(|s| s.name == name && s.subgroup8);
+        let caps = if subgroups {
             Capabilities::SUBGROUP
         } else {
             Capabilities::empty()

@@ -1,9 +1,11 @@
 //! Properties of the threshold ("selfish token") loss that users rely on, on the CPU twin
 //! and on the GPU.
 
-use selfish::kernels::{cross_entropy, threshold, Op};
+use selfish::kernels::cross_entropy::{self, CrossEntropy};
+use selfish::kernels::threshold::{self, ThresholdMask};
+use selfish::kernels::IntoOp;
 use selfish::rng::Rng;
-use selfish::runtime::{Backend, CpuBackend, Dtype, GpuBackend};
+use selfish::runtime::{Backend, CpuBackend, Dtype, GpuBackend, Wait};
 
 const ROWS: usize = 37;
 const COLS: usize = 130;
@@ -32,16 +34,17 @@ fn run(be: &mut dyn Backend, margin: Option<f32>, seed: u64) -> (Vec<f32>, Vec<f
     be.write_f32(dl, &vec![f32::NAN; ROWS * COLS]);
     let (rows, cols) = (ROWS as u32, COLS as u32);
     let seq = be
-        .compile(&[
-            Op::ThresholdMask {
+        .compile(vec![
+            ThresholdMask {
                 rows,
                 cols,
                 margin,
                 logits: l,
                 targets: t,
                 out: masked,
-            },
-            Op::CrossEntropy {
+            }
+            .op(),
+            CrossEntropy {
                 rows,
                 cols,
                 keep: cross_entropy::Keep::from_margin(margin),
@@ -50,14 +53,15 @@ fn run(be: &mut dyn Backend, margin: Option<f32>, seed: u64) -> (Vec<f32>, Vec<f
                 targets: t,
                 losses,
                 dlogits: dl,
-            },
+            }
+            .op(),
         ])
         .unwrap();
     be.run(&[seq]).unwrap();
     (
-        be.read_f32(masked).unwrap(),
-        be.read_f32(losses).unwrap(),
-        be.read_f32(dl).unwrap(),
+        be.read_now(masked).unwrap(),
+        be.read_now(losses).unwrap(),
+        be.read_now(dl).unwrap(),
     )
 }
 

@@ -6,8 +6,30 @@
 //! scale while updating. The update follows PyTorch's `AdamW` (decoupled weight decay on the
 //! old parameter, then the bias-corrected Adam step) with `clip_grad_norm_`'s scale.
 
-use crate::kernels::{elem_grid, w, Launch, Target};
-use crate::runtime::Buf;
+use crate::buffers::{Buf, HostMem};
+use crate::kernels::case::{Case, Init};
+use crate::kernels::{elem_grid, IntoOp, Kernel, Launch, Shader, Target};
+
+pub const SHADER: Shader = Shader {
+    name: "adamw",
+    source: include_str!("../../shaders/adamw.wgsl"),
+    prelude: &[],
+    subgroup8: false,
+    params: <Params as crate::kernels::Uniform>::fields,
+};
+
+uniform! {
+    pub struct Params {
+        pub n: u32,
+        /// `sum_squares`: where its partials go.
+        pub slot: u32,
+        pub clip: f32,
+        pub beta1: f32,
+        pub beta2: f32,
+        pub eps: f32,
+        pub weight_decay: f32,
+    }
+}
 
 /// Fixed AdamW hyper-parameters; lr and bias corrections change per step and live in the
 /// `step` buffer: `[lr, 1 - beta1^t, sqrt(1 - beta2^t), 0]`.
@@ -26,86 +48,215 @@ pub const SUMSQ_GROUPS: u32 = 32;
 const LANES: usize = 256;
 
 /// The shader's shared `Params`: `[n, slot, clip, beta1, beta2, eps, weight_decay]`.
-fn params(n: u32, slot: u32, clip: f32, h: Option<&Hyper>) -> Vec<u32> {
+fn params(n: u32, slot: u32, clip: f32, h: Option<&Hyper>) -> Params {
     let h = h.copied().unwrap_or(Hyper {
         beta1: 0.0,
         beta2: 0.0,
         eps: 0.0,
         weight_decay: 0.0,
     });
-    vec![
+    Params {
         n,
         slot,
-        w(clip),
-        w(h.beta1),
-        w(h.beta2),
-        w(h.eps),
-        w(h.weight_decay),
-    ]
-}
-
-/// `partials[slot + k]` = sum of `g[i]^2` over the `i < n` with `(i / 256) % SUMSQ_GROUPS == k`.
-/// CPU-like adapters get one workgroup whose invocations each own one partial.
-pub fn launch_sum_squares(t: &Target, n: u32, slot: u32, g: Buf, partials: Buf) -> Launch {
-    // Each invocation of the lanes kernel loops over n / SUMSQ_GROUPS elements.
-    let (entry, groups) = if t.cpu_loop(n / SUMSQ_GROUPS) {
-        ("sum_squares_lanes", [1, 1, 1])
-    } else {
-        ("sum_squares", [SUMSQ_GROUPS, 1, 1])
-    };
-    Launch {
-        shader: "adamw",
-        entry,
-        params: params(n, slot, 0.0, None),
-        bufs: vec![(1, g), (2, partials)],
-        groups,
+        clip,
+        beta1: h.beta1,
+        beta2: h.beta2,
+        eps: h.eps,
+        weight_decay: h.weight_decay,
     }
 }
 
-/// `norm = [sqrt(sum of partials[..count]), clip scale]`; `clip <= 0` disables clipping.
-pub fn launch_grad_norm(count: u32, clip: f32, partials: Buf, norm: Buf) -> Launch {
-    Launch {
-        shader: "adamw",
-        entry: "grad_norm",
-        params: params(count, 0, clip, None),
-        bufs: vec![(2, partials), (3, norm)],
-        groups: [1, 1, 1],
-    }
+/// `SUMSQ_GROUPS` partial sums of `g[..n]²` into `partials[slot..]`.
+#[derive(Clone, Copy, Debug)]
+pub struct SumSquares {
+    pub n: u32,
+    pub slot: u32,
+    pub g: Buf,
+    pub partials: Buf,
 }
 
-/// One AdamW update of `p` (and its moments `m`, `v`) from `g * norm[1]`; four elements per
-/// invocation when `n` allows.
-#[allow(clippy::too_many_arguments)]
-pub fn launch_step(
-    n: u32,
-    h: &Hyper,
-    p: Buf,
-    g: Buf,
-    m: Buf,
-    v: Buf,
-    norm: Buf,
-    step: Buf,
-) -> Launch {
-    if n.is_multiple_of(4) {
-        return Launch {
-            shader: "adamw",
-            entry: "step4",
-            params: params(n, 0, 0.0, Some(h)),
-            bufs: vec![(8, g), (3, norm), (9, p), (10, m), (11, v), (7, step)],
-            groups: elem_grid(n / 4),
+/// `norm = [√Σ partials[..count], min(1, clip / (norm + 1e-6))]` (scale 1 when `clip` is 0).
+#[derive(Clone, Copy, Debug)]
+pub struct GradNorm {
+    pub count: u32,
+    pub clip: f32,
+    pub partials: Buf,
+    pub norm: Buf,
+}
+
+/// One AdamW update of `p[..n]` with the clip scale `norm[1]` and the step scalars
+/// `step = [lr, 1 - β1^t, √(1 - β2^t), 0]`.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamW {
+    pub n: u32,
+    pub h: Hyper,
+    pub p: Buf,
+    pub g: Buf,
+    pub m: Buf,
+    pub v: Buf,
+    pub norm: Buf,
+    pub step: Buf,
+}
+
+impl Kernel for SumSquares {
+    fn launches(&self, t: &Target) -> Vec<Launch> {
+        let p = params(self.n, self.slot, 0.0, None);
+        let l = if t.cpu_loop(self.n / SUMSQ_GROUPS) {
+            Launch::new(&SHADER, "sum_squares_lanes", &p, [1, 1, 1])
+        } else {
+            Launch::new(&SHADER, "sum_squares", &p, [SUMSQ_GROUPS, 1, 1])
         };
+        vec![l.bind("g", self.g).bind("partials", self.partials)]
     }
-    Launch {
-        shader: "adamw",
-        entry: "step",
-        params: params(n, 0, 0.0, Some(h)),
-        bufs: vec![(1, g), (3, norm), (4, p), (5, m), (6, v), (7, step)],
-        groups: elem_grid(n),
+    fn cpu(&self, m: &mut HostMem) {
+        m.with(self.partials, |m, o| {
+            cpu_sum_squares(self.n, self.slot, m.f(self.g), o)
+        });
     }
 }
 
-/// CPU twin of [`launch_sum_squares`]: the same assignment of elements to partials, each
-/// partial summed in f64 and stored as f32.
+impl Kernel for GradNorm {
+    fn launches(&self, _t: &Target) -> Vec<Launch> {
+        let p = params(self.count, 0, self.clip, None);
+        vec![Launch::new(&SHADER, "grad_norm", &p, [1, 1, 1])
+            .bind("partials", self.partials)
+            .bind("norm", self.norm)]
+    }
+    fn cpu(&self, m: &mut HostMem) {
+        m.with(self.norm, |m, o| {
+            cpu_grad_norm(self.count, self.clip, m.f(self.partials), o)
+        });
+    }
+}
+
+impl Kernel for AdamW {
+    /// Four elements per invocation when `n` allows (the same arithmetic per element).
+    fn launches(&self, _t: &Target) -> Vec<Launch> {
+        let (n, p) = (self.n, params(self.n, 0, 0.0, Some(&self.h)));
+        let l = if n.is_multiple_of(4) {
+            Launch::new(&SHADER, "step4", &p, elem_grid(n / 4))
+                .bind("g4", self.g)
+                .bind("param4", self.p)
+                .bind("m4", self.m)
+                .bind("v4", self.v)
+        } else {
+            Launch::new(&SHADER, "step", &p, elem_grid(n))
+                .bind("g", self.g)
+                .bind("param", self.p)
+                .bind("m", self.m)
+                .bind("v", self.v)
+        };
+        vec![l.bind("norm", self.norm).bind("step_info", self.step)]
+    }
+    fn cpu(&self, mem: &mut HostMem) {
+        mem.with3([self.p, self.m, self.v], |mem, p, m, v| {
+            cpu_step(
+                self.n,
+                &self.h,
+                p,
+                mem.f(self.g),
+                m,
+                v,
+                mem.f(self.norm),
+                mem.f(self.step),
+            )
+        });
+    }
+}
+
+/// Step scalars `[lr, 1 - β1^t, √(1 - β2^t), 0]` for 1-based step `t`.
+pub fn step_scalars(lr: f32, h: &Hyper, t: u64) -> [f32; 4] {
+    let bc1 = 1.0 - (h.beta1 as f64).powf(t as f64);
+    let bc2 = 1.0 - (h.beta2 as f64).powf(t as f64);
+    [lr, bc1 as f32, bc2.sqrt() as f32, 0.0]
+}
+
+/// The global norm over three tensors, the clip, then AdamW on each, at step 3; sizes from
+/// one element to past one dispatch's loop, with the clip on, off, and never reached.
+pub fn cases() -> Vec<Case> {
+    let h = Hyper {
+        beta1: 0.9,
+        beta2: 0.99,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    let groups = SUMSQ_GROUPS;
+    let mut v = Vec::new();
+    for &(ns, clip) in &[
+        ([1u32, 3, 17], 1.0f32),
+        ([257, 1000, 49152], 1.0),
+        ([130, 4096, 65], 0.0),
+        ([8193, 1, 256], 5.0),
+        ([70001, 3000, 2], 1e9),
+    ] {
+        const P: [&str; 3] = ["p0", "p1", "p2"];
+        const G: [&str; 3] = ["g0", "g1", "g2"];
+        const M: [&str; 3] = ["m0", "m1", "m2"];
+        const V: [&str; 3] = ["v0", "v1", "v2"];
+        let mut case = Case::new(
+            "adamw gradnorm+clip+step",
+            format!("[{}] [{}] [{}] clip={clip}", ns[0], ns[1], ns[2]),
+        )
+        .output("partials", 3 * groups as usize)
+        .output("norm", 2)
+        .input("step", 4, Init::Values(step_scalars(1e-3, &h, 3).to_vec()));
+        for (i, &n) in ns.iter().enumerate() {
+            let n = n as usize;
+            case = case
+                .inout(P[i], n, Init::Normal(1.0))
+                .input(G[i], n, Init::Normal(0.5))
+                .inout(M[i], n, Init::Normal(0.1))
+                .inout(V[i], n, Init::Uniform(0.0, 0.1));
+        }
+        v.push(
+            case.ops(move |b| {
+                let (partials, norm) = (b["partials"], b["norm"]);
+                let mut ops = Vec::new();
+                for (i, &n) in ns.iter().enumerate() {
+                    let slot = i as u32 * groups;
+                    ops.push(
+                        SumSquares {
+                            n,
+                            slot,
+                            g: b[G[i]],
+                            partials,
+                        }
+                        .op(),
+                    );
+                }
+                let count = 3 * groups;
+                ops.push(
+                    GradNorm {
+                        count,
+                        clip,
+                        partials,
+                        norm,
+                    }
+                    .op(),
+                );
+                for (i, &n) in ns.iter().enumerate() {
+                    ops.push(
+                        AdamW {
+                            n,
+                            h,
+                            p: b[P[i]],
+                            g: b[G[i]],
+                            m: b[M[i]],
+                            v: b[V[i]],
+                            norm,
+                            step: b["step"],
+                        }
+                        .op(),
+                    );
+                }
+                ops
+            })
+            .tol(1e-5),
+        );
+    }
+    v
+}
+
 pub fn cpu_sum_squares(n: u32, slot: u32, g: &[f32], partials: &mut [f32]) {
     let groups = SUMSQ_GROUPS as usize;
     let mut acc = [0f64; SUMSQ_GROUPS as usize];
@@ -158,8 +309,8 @@ pub fn cpu_step(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffers::Dtype;
     use crate::kernels::Op;
-    use crate::runtime::{Backend, CpuBackend, Dtype, GpuBackend};
 
     struct Rng(u64);
     impl Rng {
@@ -223,67 +374,75 @@ mod tests {
 
     /// Runs every step on one backend; returns per tensor `[p, m, v]`, and the last
     /// `partials` and `norm`.
-    fn run(be: &mut dyn Backend, pr: &Problem) -> (Vec<[Vec<f32>; 3]>, Vec<f32>, Vec<f32>) {
+    /// Runs the problem's steps through the kernels' CPU twins.
+    fn run(pr: &Problem) -> (Vec<[Vec<f32>; 3]>, Vec<f32>, Vec<f32>) {
+        let mut mem = HostMem::default();
         let k = pr.sizes.len();
         let count = k as u32 * SUMSQ_GROUPS;
-        let partials = be.alloc("partials", count as usize, Dtype::F32).unwrap();
-        let norm = be.alloc("norm", 2, Dtype::F32).unwrap();
-        let step = be.alloc("step", 4, Dtype::F32).unwrap();
+        let partials = mem.alloc(count as usize, Dtype::F32);
+        let norm = mem.alloc(2, Dtype::F32);
+        let step = mem.alloc(4, Dtype::F32);
         let mut bufs = Vec::new();
-        let mut ops = Vec::new();
+        let mut ops: Vec<Op> = Vec::new();
         for (j, &n) in pr.sizes.iter().enumerate() {
-            let b: Vec<_> = ["p", "g", "m", "v"]
-                .iter()
-                .map(|l| be.alloc(l, n, Dtype::F32).unwrap())
-                .collect();
-            be.write_f32(b[0], &pr.params[j]);
+            let b: Vec<_> = (0..4).map(|_| mem.alloc(n, Dtype::F32)).collect();
+            mem.f_mut(b[0]).copy_from_slice(&pr.params[j]);
             let slot = j as u32 * SUMSQ_GROUPS;
-            ops.push(Op::SumSquares {
-                n: n as u32,
-                slot,
-                g: b[1],
-                partials,
-            });
+            ops.push(
+                SumSquares {
+                    n: n as u32,
+                    slot,
+                    g: b[1],
+                    partials,
+                }
+                .op(),
+            );
             bufs.push(b);
         }
-        ops.push(Op::GradNorm {
-            count,
-            clip: pr.clip,
-            partials,
-            norm,
-        });
-        for (j, b) in bufs.iter().enumerate() {
-            ops.push(Op::AdamW {
-                n: pr.sizes[j] as u32,
-                h: H,
-                p: b[0],
-                g: b[1],
-                m: b[2],
-                v: b[3],
+        let clip = pr.clip;
+        ops.push(
+            GradNorm {
+                count,
+                clip,
+                partials,
                 norm,
-                step,
-            });
+            }
+            .op(),
+        );
+        for (j, b) in bufs.iter().enumerate() {
+            let (p, g, m, v) = (b[0], b[1], b[2], b[3]);
+            let n = pr.sizes[j] as u32;
+            ops.push(
+                AdamW {
+                    n,
+                    h: H,
+                    p,
+                    g,
+                    m,
+                    v,
+                    norm,
+                    step,
+                }
+                .op(),
+            );
         }
-        let seq = be.compile(&ops).unwrap();
         for (s, grads) in pr.grads.iter().enumerate() {
             for (b, gr) in bufs.iter().zip(grads) {
-                be.write_f32(b[1], gr);
+                mem.f_mut(b[1]).copy_from_slice(gr);
             }
-            be.write_f32(step, &step_words(pr.lr, s as i32 + 1));
-            be.run(&[seq]).unwrap();
+            mem.f_mut(step)
+                .copy_from_slice(&step_words(pr.lr, s as i32 + 1));
+            for op in &ops {
+                op.cpu(&mut mem);
+            }
         }
         let out = bufs
             .iter()
-            .map(|b| [0, 2, 3].map(|i| be.read_f32(b[i]).unwrap()))
+            .map(|b| [0, 2, 3].map(|i| mem.f(b[i]).to_vec()))
             .collect();
-        (
-            out,
-            be.read_f32(partials).unwrap(),
-            be.read_f32(norm).unwrap(),
-        )
+        (out, mem.f(partials).to_vec(), mem.f(norm).to_vec())
     }
 
-    /// The formula in f64, straight from the definition.
     fn reference(pr: &Problem) -> (Vec<[Vec<f64>; 3]>, f64) {
         let mut st: Vec<[Vec<f64>; 3]> = pr
             .params
@@ -382,7 +541,7 @@ mod tests {
     fn adamw_matches_f64_reference() {
         for clip in [0.0, 1.0] {
             let pr = problem(&mut Rng(11), &[1, 17, 300], 3, clip);
-            let (got, _, norm) = run(&mut CpuBackend::new(), &pr);
+            let (got, _, norm) = run(&pr);
             let (want, nrm) = reference(&pr);
             assert!((norm[0] as f64 - nrm).abs() <= 1e-6 * nrm);
             for (j, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -391,35 +550,5 @@ mod tests {
                 close(&format!("v{j}"), &g[2], w[2].iter().copied(), 1e-9, 1e-5);
             }
         }
-    }
-
-    #[test]
-    fn gpu_matches_cpu() {
-        let mut gpu = GpuBackend::open(None).unwrap();
-        let mut rng = Rng(5);
-        let mut worst = [0f64; 3];
-        for (sizes, clip) in [
-            (vec![1usize], 1.0f32),
-            (vec![3, 17, 65], 0.0),
-            (vec![256, 257, 130], 5.0),
-            (vec![8193, 1], 1.0),
-            (vec![70001, 3000], 1e9),
-        ] {
-            let pr = problem(&mut rng, &sizes, 3, clip);
-            let (g, gp, gn) = run(&mut gpu, &pr);
-            let (c, cp, cn) = run(&mut CpuBackend::new(), &pr);
-            let f = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<_>>().into_iter();
-            worst[0] = worst[0].max(close("partials", &gp, f(&cp), 1e-6, 1e-5));
-            worst[1] = worst[1].max(close("norm", &gn, f(&cn), 0.0, 1e-5));
-            for (j, (a, b)) in g.iter().zip(&c).enumerate() {
-                worst[2] = worst[2].max(close(&format!("p{j}"), &a[0], f(&b[0]), 1e-6, 1e-5));
-                close(&format!("m{j}"), &a[1], f(&b[1]), 1e-7, 1e-4);
-                close(&format!("v{j}"), &a[2], f(&b[2]), 1e-9, 1e-4);
-            }
-        }
-        eprintln!(
-            "adamw gpu vs cpu: max abs error partials {:e}, norm {:e}, params {:e}",
-            worst[0], worst[1], worst[2]
-        );
     }
 }

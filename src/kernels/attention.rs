@@ -2,9 +2,29 @@
 //! head, on the fused `qkv` output of `c_attn` (see `shaders/attention.wgsl` for the math).
 //! Like llm.c, the forward keeps the full `att` matrix so the backward needs no recompute.
 
+use crate::buffers::{Buf, HostMem};
+use crate::kernels::case::{Case, Init};
 use crate::kernels::matmul::{self, Layout};
-use crate::kernels::{grid, w, Launch, Target};
-use crate::runtime::Buf;
+use crate::kernels::{grid, IntoOp, Kernel, Launch, Shader, Target, REDUCE};
+
+pub const SHADER: Shader = Shader {
+    name: "attention",
+    source: include_str!("../../shaders/attention.wgsl"),
+    prelude: &[&REDUCE],
+    subgroup8: false,
+    params: <Params as crate::kernels::Uniform>::fields,
+};
+
+uniform! {
+    pub struct Params {
+        pub b: u32,
+        pub t: u32,
+        pub c: u32,
+        pub nh: u32,
+        pub hd: u32,
+        pub scale: f32,
+    }
+}
 
 /// Attention sizes: batch, sequence length, width, heads (head size = c / nh).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -26,80 +46,122 @@ impl Shape {
         self.b * self.nh * self.t
     }
 
-    fn params(&self) -> Vec<u32> {
+    fn params(&self) -> Params {
         let hd = self.hd();
-        vec![
-            self.b,
-            self.t,
-            self.c,
-            self.nh,
+        Params {
+            b: self.b,
+            t: self.t,
+            c: self.c,
+            nh: self.nh,
             hd,
-            w(1.0 / (hd as f32).sqrt()),
-        ]
+            scale: 1.0 / (hd as f32).sqrt(),
+        }
     }
 }
 
 /// `qkv [B,T,3C]` -> `att [B,NH,T,T]` (causal softmax, zero above the diagonal), `y [B,T,C]`.
 /// One fused kernel per query row, or on CPU-like adapters matmuls around a row softmax.
-pub fn launch_fwd(t: &Target, s: &Shape, qkv: Buf, att: Buf, y: Buf) -> Vec<Launch> {
-    if t.cpu_like {
-        let p = Products::new(s);
-        let mut v = p.launch(t, p.scores, qkv, qkv, att);
-        v.push(rows_launch(s, "attention_softmax_rows", vec![(2, att)]));
-        v.extend(p.launch(t, p.values, att, qkv, y));
-        return v;
-    }
-    vec![Launch {
-        shader: "attention",
-        entry: "attention_fwd",
-        params: s.params(),
-        bufs: vec![(1, qkv), (2, att), (3, y)],
-        groups: grid(s.rows()),
-    }]
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionFwd {
+    pub s: Shape,
+    pub qkv: Buf,
+    pub att: Buf,
+    pub y: Buf,
 }
 
 /// Two fused dispatches: per query row, ds into `datt` and dq; then per key row, dk and dv
 /// from the columns of `datt` and `att` (splitting by rows and by columns avoids atomics).
 /// On CPU-like adapters: dp, the row softmax backward in place, then dq, dk, dv as matmuls.
-pub fn launch_bwd(
-    t: &Target,
-    s: &Shape,
-    qkv: Buf,
-    att: Buf,
-    dy: Buf,
-    datt: Buf,
-    dqkv: Buf,
-) -> Vec<Launch> {
-    if t.cpu_like {
-        let p = Products::new(s);
-        let mut v = p.launch(t, p.dp, dy, qkv, datt);
-        v.push(rows_launch(
-            s,
-            "attention_softmax_bwd_rows",
-            vec![(2, att), (5, datt)],
-        ));
-        v.extend(p.launch(t, p.dq, datt, qkv, dqkv));
-        v.extend(p.launch(t, p.dk, datt, qkv, dqkv));
-        v.extend(p.launch(t, p.dv, att, dy, dqkv));
-        return v;
+/// Writes every element of `dqkv` and `datt`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionBwd {
+    pub s: Shape,
+    pub qkv: Buf,
+    pub att: Buf,
+    pub dy: Buf,
+    pub datt: Buf,
+    pub dqkv: Buf,
+}
+
+impl Kernel for AttentionFwd {
+    fn launches(&self, t: &Target) -> Vec<Launch> {
+        let (s, qkv, att, y) = (&self.s, self.qkv, self.att, self.y);
+        if t.cpu_like {
+            let p = Products::new(s);
+            let mut v = p.launch(t, p.scores, qkv, qkv, att);
+            v.push(rows_launch(s, "attention_softmax_rows").bind("att", att));
+            v.extend(p.launch(t, p.values, att, qkv, y));
+            return v;
+        }
+        vec![
+            Launch::new(&SHADER, "attention_fwd", &s.params(), grid(s.rows()))
+                .bind("qkv", qkv)
+                .bind("att", att)
+                .bind("y", y),
+        ]
     }
-    let bufs = vec![(1, qkv), (2, att), (4, dy), (5, datt), (6, dqkv)];
-    vec![
-        Launch {
-            shader: "attention",
-            entry: "attention_bwd_q",
-            params: s.params(),
-            bufs: bufs.clone(),
-            groups: grid(s.rows()),
-        },
-        Launch {
-            shader: "attention",
-            entry: "attention_bwd_kv",
-            params: s.params(),
-            bufs,
-            groups: grid(s.rows()),
-        },
-    ]
+    fn cpu(&self, m: &mut HostMem) {
+        m.with2([self.att, self.y], |m, att, y| {
+            cpu_fwd(&self.s, m.f(self.qkv), att, y)
+        });
+    }
+    fn products(&self, t: &Target) -> Vec<matmul::Shape> {
+        if t.cpu_like {
+            products(&self.s)
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+impl Kernel for AttentionBwd {
+    fn launches(&self, t: &Target) -> Vec<Launch> {
+        let (s, qkv, att, dy, datt, dqkv) =
+            (&self.s, self.qkv, self.att, self.dy, self.datt, self.dqkv);
+        if t.cpu_like {
+            let p = Products::new(s);
+            let mut v = p.launch(t, p.dp, dy, qkv, datt);
+            v.push(
+                rows_launch(s, "attention_softmax_bwd_rows")
+                    .bind("att", att)
+                    .bind("datt", datt),
+            );
+            v.extend(p.launch(t, p.dq, datt, qkv, dqkv));
+            v.extend(p.launch(t, p.dk, datt, qkv, dqkv));
+            v.extend(p.launch(t, p.dv, att, dy, dqkv));
+            return v;
+        }
+        ["attention_bwd_q", "attention_bwd_kv"]
+            .into_iter()
+            .map(|entry| {
+                Launch::new(&SHADER, entry, &s.params(), grid(s.rows()))
+                    .bind("qkv", qkv)
+                    .bind("att", att)
+                    .bind("dy", dy)
+                    .bind("datt", datt)
+                    .bind("dqkv", dqkv)
+            })
+            .collect()
+    }
+    fn cpu(&self, m: &mut HostMem) {
+        m.with2([self.datt, self.dqkv], |m, datt, dqkv| {
+            cpu_bwd(
+                &self.s,
+                m.f(self.qkv),
+                m.f(self.att),
+                m.f(self.dy),
+                datt,
+                dqkv,
+            )
+        });
+    }
+    fn products(&self, t: &Target) -> Vec<matmul::Shape> {
+        if t.cpu_like {
+            products(&self.s)
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 /// The matmul shapes the CPU-like path runs (for tuning).
@@ -108,14 +170,59 @@ pub fn products(s: &Shape) -> Vec<matmul::Shape> {
     vec![p.scores, p.values, p.dp, p.dq, p.dk, p.dv]
 }
 
-fn rows_launch(s: &Shape, entry: &'static str, bufs: Vec<(u32, Buf)>) -> Launch {
-    Launch {
-        shader: "attention",
-        entry,
-        params: s.params(),
-        bufs,
-        groups: grid(s.rows().div_ceil(64)),
-    }
+fn rows_launch(s: &Shape, entry: &'static str) -> Launch {
+    Launch::new(&SHADER, entry, &s.params(), grid(s.rows().div_ceil(64)))
+}
+
+/// Forward then backward from garbage in every output, on odd shapes, the paper's, t and
+/// head sizes past one workgroup's stride, the longest sequence, and 65792 rows (the grid's
+/// second dimension).
+pub fn cases() -> Vec<Case> {
+    [
+        (1u32, 1u32, 4u32, 1u32),
+        (2, 5, 12, 3),
+        (2, 17, 30, 5),
+        (12, 64, 128, 4),
+        (1, 70, 96, 1),
+        (1, 130, 132, 2),
+        (1, 256, 32, 1),
+        (257, 16, 16, 16),
+    ]
+    .into_iter()
+    .map(|(b, t, c, nh)| {
+        let s = Shape { b, t, c, nh };
+        let (bu, tu, cu, hu) = (b as usize, t as usize, c as usize, nh as usize);
+        Case::new("attention fwd+bwd", format!("B={b} T={t} C={c} nh={nh}"))
+            .input("qkv", bu * tu * 3 * cu, Init::Normal(1.0))
+            .inout("att", bu * hu * tu * tu, Init::Fill(7.0))
+            .inout("y", bu * tu * cu, Init::Fill(7.0))
+            .input("dy", bu * tu * cu, Init::Normal(1.0))
+            .inout("datt", bu * hu * tu * tu, Init::Fill(7.0))
+            .inout("dqkv", bu * tu * 3 * cu, Init::Fill(7.0))
+            .ops(move |bf| {
+                let (qkv, att) = (bf["qkv"], bf["att"]);
+                vec![
+                    AttentionFwd {
+                        s,
+                        qkv,
+                        att,
+                        y: bf["y"],
+                    }
+                    .op(),
+                    AttentionBwd {
+                        s,
+                        qkv,
+                        att,
+                        dy: bf["dy"],
+                        datt: bf["datt"],
+                        dqkv: bf["dqkv"],
+                    }
+                    .op(),
+                ]
+            })
+            .tol(1e-4)
+    })
+    .collect()
 }
 
 /// Attention as products per (batch, head): z1 = b, z2 = h. Above-diagonal entries are
@@ -206,7 +313,7 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 
-/// CPU twin of `launch_fwd`; dot products, softmax and the sum over values run in f64.
+/// CPU twin of [`AttentionFwd`]; dot products, softmax and the sum over values run in f64.
 pub fn cpu_fwd(s: &Shape, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
     let (b, t, c, nh, hd) = dims(s);
     let c3 = 3 * c;
@@ -250,7 +357,7 @@ pub fn cpu_fwd(s: &Shape, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
     }
 }
 
-/// CPU twin of `launch_bwd`, in the same two passes (ds and dq per query row, then dk and
+/// CPU twin of [`AttentionBwd`], in the same two passes (ds and dq per query row, then dk and
 /// dv per key row from the f32 ds stored in `datt`); all sums run in f64.
 pub fn cpu_bwd(
     s: &Shape,
@@ -314,8 +421,6 @@ pub fn cpu_bwd(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::Op;
-    use crate::runtime::{Backend, CpuBackend, Dtype, GpuBackend};
 
     /// splitmix64, mapped to uniform f32 in [-1, 1).
     struct Rng(u64);
@@ -354,25 +459,6 @@ mod tests {
         (1, 256, 32, 1),   // longest supported sequence
         (257, 16, 16, 16), // 65792 rows: the grid's second dimension; head size 1
     ];
-
-    /// Largest |g - c| / (atol + rtol*|c|); <= 1 passes.
-    fn worst(g: &[f32], c: &[f32], atol: f32, rtol: f32) -> f32 {
-        assert_eq!(g.len(), c.len());
-        g.iter()
-            .zip(c)
-            .map(|(&g, &c)| {
-                assert!(g.is_finite(), "non-finite GPU value {g}");
-                (g - c).abs() / (atol + rtol * c.abs())
-            })
-            .fold(0.0, f32::max)
-    }
-
-    fn max_abs_diff(g: &[f32], c: &[f32]) -> f32 {
-        g.iter()
-            .zip(c)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max)
-    }
 
     #[test]
     fn cpu_att_rows_are_causal_distributions() {
@@ -438,111 +524,6 @@ mod tests {
                 worst_ratio = worst_ratio.max(ratio);
             }
             eprintln!("{s:?}: worst gradient error / tolerance = {worst_ratio:.3}");
-        }
-    }
-
-    fn backends() -> (GpuBackend, CpuBackend) {
-        let gpu = GpuBackend::open(None).unwrap();
-        eprintln!("GPU: {}", gpu.name());
-        (gpu, CpuBackend::new())
-    }
-
-    /// Runs the forward on one backend, starting from garbage in att and y.
-    fn run_fwd(be: &mut dyn Backend, s: &Shape, qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let (nq, na, ny) = sizes(s);
-        let q = be.alloc("qkv", nq, Dtype::F32).unwrap();
-        let a = be.alloc("att", na, Dtype::F32).unwrap();
-        let y = be.alloc("y", ny, Dtype::F32).unwrap();
-        be.write_f32(q, qkv);
-        be.write_f32(a, &vec![7.0; na]);
-        be.write_f32(y, &vec![7.0; ny]);
-        let seq = be
-            .compile(&[Op::AttentionFwd {
-                s: *s,
-                qkv: q,
-                att: a,
-                y,
-            }])
-            .unwrap();
-        be.run(&[seq]).unwrap();
-        (be.read_f32(a).unwrap(), be.read_f32(y).unwrap())
-    }
-
-    /// Runs the backward on one backend, starting from garbage in datt and dqkv.
-    fn run_bwd(
-        be: &mut dyn Backend,
-        s: &Shape,
-        qkv: &[f32],
-        att: &[f32],
-        dy: &[f32],
-    ) -> (Vec<f32>, Vec<f32>) {
-        let (nq, na, ny) = sizes(s);
-        let q = be.alloc("qkv", nq, Dtype::F32).unwrap();
-        let a = be.alloc("att", na, Dtype::F32).unwrap();
-        let g = be.alloc("dy", ny, Dtype::F32).unwrap();
-        let da = be.alloc("datt", na, Dtype::F32).unwrap();
-        let dq = be.alloc("dqkv", nq, Dtype::F32).unwrap();
-        be.write_f32(q, qkv);
-        be.write_f32(a, att);
-        be.write_f32(g, dy);
-        be.write_f32(da, &vec![7.0; na]);
-        be.write_f32(dq, &vec![7.0; nq]);
-        let op = Op::AttentionBwd {
-            s: *s,
-            qkv: q,
-            att: a,
-            dy: g,
-            datt: da,
-            dqkv: dq,
-        };
-        let seq = be.compile(&[op]).unwrap();
-        be.run(&[seq]).unwrap();
-        (be.read_f32(da).unwrap(), be.read_f32(dq).unwrap())
-    }
-
-    #[test]
-    fn gpu_fwd_matches_cpu() {
-        let (mut gpu, mut cpu) = backends();
-        let mut rng = Rng(3);
-        for &(b, t, c, nh) in SHAPES {
-            let s = sh(b, t, c, nh);
-            let (nq, _, _) = sizes(&s);
-            let qkv = rng.vec(nq, 2.0);
-            let (ga, gy) = run_fwd(&mut gpu, &s, &qkv);
-            let (ca, cy) = run_fwd(&mut cpu, &s, &qkv);
-            check_causal(&s, &ga);
-            let (ea, ey) = (worst(&ga, &ca, 1e-6, 1e-4), worst(&gy, &cy, 1e-5, 1e-4));
-            eprintln!(
-                "{s:?}: fwd max |att diff| {:.2e}, |y diff| {:.2e}, worst/tol {ea:.3} {ey:.3}",
-                max_abs_diff(&ga, &ca),
-                max_abs_diff(&gy, &cy)
-            );
-            assert!(ea <= 1.0, "{s:?} att off by {ea} tolerances");
-            assert!(ey <= 1.0, "{s:?} y off by {ey} tolerances");
-        }
-    }
-
-    #[test]
-    fn gpu_bwd_matches_cpu() {
-        let (mut gpu, mut cpu) = backends();
-        let mut rng = Rng(5);
-        for &(b, t, c, nh) in SHAPES {
-            let s = sh(b, t, c, nh);
-            let (nq, na, ny) = sizes(&s);
-            let qkv = rng.vec(nq, 2.0);
-            let dy = rng.vec(ny, 1.0);
-            let (mut att, mut y) = (vec![0.0; na], vec![0.0; ny]);
-            cpu_fwd(&s, &qkv, &mut att, &mut y);
-            let (gda, gdq) = run_bwd(&mut gpu, &s, &qkv, &att, &dy);
-            let (cda, cdq) = run_bwd(&mut cpu, &s, &qkv, &att, &dy);
-            let (ea, eq) = (worst(&gda, &cda, 1e-6, 1e-4), worst(&gdq, &cdq, 1e-5, 1e-4));
-            eprintln!(
-                "{s:?}: bwd max |datt diff| {:.2e}, |dqkv diff| {:.2e}, worst/tol {ea:.3} {eq:.3}",
-                max_abs_diff(&gda, &cda),
-                max_abs_diff(&gdq, &cdq)
-            );
-            assert!(ea <= 1.0, "{s:?} datt off by {ea} tolerances");
-            assert!(eq <= 1.0, "{s:?} dqkv off by {eq} tolerances");
         }
     }
 }

@@ -3,8 +3,32 @@
 
 use std::fmt;
 
-use crate::kernels::{grid, margin_words, threshold, w, Launch, Target};
-use crate::runtime::Buf;
+use crate::buffers::{Buf, HostMem};
+use crate::kernels::case::{Case, Init};
+use crate::kernels::{grid, threshold, IntoOp, Kernel, Launch, Shader, Target, REDUCE};
+
+pub const SHADER: Shader = Shader {
+    name: "cross_entropy",
+    source: include_str!("../../shaders/cross_entropy.wgsl"),
+    prelude: &[&REDUCE],
+    subgroup8: false,
+    params: <Params as crate::kernels::Uniform>::fields,
+};
+
+uniform! {
+    pub struct Params {
+        pub rows: u32,
+        pub cols: u32,
+        pub use_margin: u32,
+        pub margin: f32,
+        /// The gradient's factor, normally 1 / rows.
+        pub scale: f32,
+        /// Top-K hard negatives; 0: off.
+        pub hard_k: u32,
+        /// Base alphabet size for the counterpart rule; 0: off.
+        pub twin_base: u32,
+    }
+}
 
 /// Which non-target logits of a row enter the softmax; every filter that is on applies, and
 /// the target always stays. `Keep::default()` is plain cross-entropy.
@@ -76,59 +100,180 @@ pub fn kept(logits: &[f32], t: usize, keep: &Keep) -> Vec<bool> {
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn launch(
-    t: &Target,
-    rows: u32,
-    cols: u32,
-    keep: &Keep,
-    scale: f32,
-    logits: Buf,
-    targets: Buf,
-    losses: Buf,
-    dlogits: Buf,
-) -> Launch {
-    let [on, m] = margin_words(keep.margin);
-    // One invocation per row loops over the row, or over it for every candidate to rank.
-    let ranks = keep.hard.is_some_and(|k| k < cols.saturating_sub(1));
-    let rows_kernel = t.cpu_loop(if ranks {
-        cols.saturating_mul(cols)
-    } else {
-        3 * cols
-    });
-    Launch {
-        shader: "cross_entropy",
-        entry: if rows_kernel {
-            "cross_entropy_rows"
+/// Per-row softmax cross-entropy over the kept set, forward and backward fused: `losses[r]`
+/// and `dlogits` (exactly 0 outside the kept set), times `scale`.
+#[derive(Clone, Copy, Debug)]
+pub struct CrossEntropy {
+    pub rows: u32,
+    pub cols: u32,
+    pub keep: Keep,
+    pub scale: f32,
+    pub logits: Buf,
+    pub targets: Buf,
+    pub losses: Buf,
+    pub dlogits: Buf,
+}
+
+/// `out[0] = mean(x[..n])`, a fixed-order sum.
+#[derive(Clone, Copy, Debug)]
+pub struct Mean {
+    pub n: u32,
+    pub x: Buf,
+    pub out: Buf,
+}
+
+impl Kernel for CrossEntropy {
+    fn launches(&self, t: &Target) -> Vec<Launch> {
+        let (rows, cols, keep) = (self.rows, self.cols, &self.keep);
+        // One invocation per row loops over the row, or over it for every candidate to rank.
+        let ranks = keep.hard.is_some_and(|k| k < cols.saturating_sub(1));
+        let rows_kernel = t.cpu_loop(if ranks {
+            cols.saturating_mul(cols)
         } else {
-            "cross_entropy"
-        },
-        params: vec![
+            3 * cols
+        });
+        let p = Params {
             rows,
             cols,
-            on,
-            m,
-            w(scale),
-            keep.hard.unwrap_or(0),
-            keep.counterpart.unwrap_or(0),
-        ],
-        bufs: vec![(1, logits), (2, targets), (3, losses), (4, dlogits)],
-        groups: if rows_kernel {
-            grid(rows.div_ceil(64))
+            use_margin: keep.margin.is_some() as u32,
+            margin: keep.margin.unwrap_or(0.0),
+            scale: self.scale,
+            hard_k: keep.hard.unwrap_or(0),
+            twin_base: keep.counterpart.unwrap_or(0),
+        };
+        let l = if rows_kernel {
+            Launch::new(&SHADER, "cross_entropy_rows", &p, grid(rows.div_ceil(64)))
         } else {
-            grid(rows)
-        },
+            Launch::new(&SHADER, "cross_entropy", &p, grid(rows))
+        };
+        vec![l
+            .bind("logits", self.logits)
+            .bind("targets", self.targets)
+            .bind("losses", self.losses)
+            .bind("dlogits", self.dlogits)]
+    }
+    fn cpu(&self, m: &mut HostMem) {
+        m.with2([self.losses, self.dlogits], |m, l, d| {
+            cpu(
+                self.rows,
+                self.cols,
+                &self.keep,
+                self.scale,
+                m.f(self.logits),
+                m.u(self.targets),
+                l,
+                d,
+            )
+        });
     }
 }
 
-pub fn launch_mean(n: u32, x: Buf, out: Buf) -> Launch {
-    Launch {
-        shader: "cross_entropy",
-        entry: "mean_rows",
-        params: vec![n, 0, 0, 0, 0, 0, 0],
-        bufs: vec![(5, x), (6, out)],
-        groups: [1, 1, 1],
+impl Kernel for Mean {
+    fn launches(&self, _t: &Target) -> Vec<Launch> {
+        let p = Params {
+            rows: self.n,
+            ..Params::default()
+        };
+        vec![Launch::new(&SHADER, "mean_rows", &p, [1, 1, 1])
+            .bind("xs", self.x)
+            .bind("mean_out", self.out)]
     }
+    fn cpu(&self, m: &mut HostMem) {
+        m.with(self.out, |m, o| cpu_mean(self.n, m.f(self.x), o));
+    }
+}
+
+/// The fused loss and its mean over one kept set.
+fn case(rows: u32, cols: u32, keep: Keep, logits: Init) -> Case {
+    let n = (rows * cols) as usize;
+    let ties = if matches!(logits, Init::Steps(_)) {
+        " ties"
+    } else {
+        ""
+    };
+    Case::new(
+        "cross_entropy fwd+bwd",
+        format!("[{rows}x{cols}] {keep}{ties}"),
+    )
+    .input("logits", n, logits)
+    .words("targets", rows as usize, Init::Tokens(cols))
+    .output("losses", rows as usize)
+    .inout("dlogits", n, Init::Fill(7.0))
+    .output("mean", 1)
+    .ops(move |b| {
+        let losses = b["losses"];
+        vec![
+            CrossEntropy {
+                rows,
+                cols,
+                keep,
+                scale: 1.0 / rows as f32,
+                logits: b["logits"],
+                targets: b["targets"],
+                losses,
+                dlogits: b["dlogits"],
+            }
+            .op(),
+            Mean {
+                n: rows,
+                x: losses,
+                out: b["mean"],
+            }
+            .op(),
+        ]
+    })
+    .tol(2e-5)
+}
+
+/// Every kind of kept set (counterpart needs an even, two-alphabet vocabulary), on odd
+/// shapes and the paper's logits; then whole-number logits, which tie everywhere, so hard:K
+/// must cut ties by index on both sides.
+pub fn cases() -> Vec<Case> {
+    let keep = |margin: Option<f32>, hard: Option<u32>, twin: bool, cols: u32| Keep {
+        margin,
+        hard,
+        counterpart: twin.then_some(cols / 2),
+    };
+    let mut v = Vec::new();
+    for &(rows, cols) in &[(3u32, 17u32), (5, 34), (7, 257), (2, 1030), (768, 130)] {
+        for (margin, hard, twin) in [
+            (None, None, false),
+            (Some(0.0), None, false),
+            (Some(0.5), None, false),
+            (Some(2.0), None, false),
+            (Some(8.0), None, false),
+            (None, Some(1), false),
+            (None, Some(5), false),
+            (None, Some(300), false),
+            (None, None, true),
+            (Some(1.0), None, true),
+            (None, Some(3), true),
+            (Some(1.0), Some(4), false),
+            // drops exactly one non-target: the last K that needs ranking
+            (None, Some(cols.saturating_sub(2).max(1)), false),
+        ] {
+            if twin && !cols.is_multiple_of(2) {
+                continue;
+            }
+            let k = keep(margin, hard, twin, cols);
+            v.push(case(rows, cols, k, Init::Normal(2.0)));
+        }
+    }
+    for &(rows, cols) in &[(7u32, 258u32), (3, 1030), (768, 130)] {
+        for (margin, hard, twin) in [
+            (None, Some(5), false),
+            (None, Some(3), true),
+            (Some(1.0), Some(20), false),
+        ] {
+            v.push(case(
+                rows,
+                cols,
+                keep(margin, hard, twin, cols),
+                Init::Steps(4),
+            ));
+        }
+    }
+    v
 }
 
 /// Loss of one row and, if `grad` is given, its gradient times `scale`; f64 inside.
@@ -184,7 +329,7 @@ pub fn cpu(
     }
 }
 
-/// CPU twin of `mean_rows`; f64 sum.
+/// CPU twin of [`Mean`]; f64 sum.
 pub fn cpu_mean(n: u32, x: &[f32], out: &mut [f32]) {
     let s: f64 = x[..n as usize].iter().map(|&v| v as f64).sum();
     out[0] = (s / n.max(1) as f64) as f32;

@@ -4,8 +4,30 @@
 //! `dwte` element is owned by one invocation that scans all positions in order, which keeps
 //! the result deterministic. `B * T` is a few thousand at most, so the scan is cheap.
 
-use crate::kernels::{elem_grid, grid, Launch, Target, LOOP_LIMIT};
-use crate::runtime::Buf;
+use crate::buffers::{Buf, HostMem};
+use crate::kernels::case::{Case, Init};
+use crate::kernels::{elem_grid, grid, IntoOp, Kernel, Launch, Shader, Target, LOOP_LIMIT};
+
+pub const SHADER: Shader = Shader {
+    name: "embedding",
+    source: include_str!("../../shaders/embedding.wgsl"),
+    prelude: &[],
+    subgroup8: false,
+    params: <Params as crate::kernels::Uniform>::fields,
+};
+
+uniform! {
+    pub struct Params {
+        pub b: u32,
+        pub t: u32,
+        pub c: u32,
+        pub v: u32,
+        pub accumulate: u32,
+        /// The positions `[pos0, pos1)` a `bwd_wte*` dispatch sums.
+        pub pos0: u32,
+        pub pos1: u32,
+    }
+}
 
 /// Embedding sizes: batch, sequence length, width, vocabulary.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -20,70 +42,175 @@ pub struct Shape {
 const WTE_COLS: u32 = 64;
 
 /// `pos` is the range of positions a `bwd_wte*` dispatch sums (all of them elsewhere).
-fn params(s: &Shape, accumulate: bool, pos: (u32, u32)) -> Vec<u32> {
-    vec![s.b, s.t, s.c, s.v, accumulate as u32, pos.0, pos.1]
-}
-
-/// `x [B, T, C]` from `idx [B, T]`, `wte [V, C]` and `wpe [>= T, C]`.
-pub fn launch_fwd(s: &Shape, idx: Buf, wte: Buf, wpe: Buf, x: Buf) -> Launch {
-    Launch {
-        shader: "embedding",
-        entry: "fwd",
-        params: params(s, false, (0, s.b * s.t)),
-        bufs: vec![(1, idx), (2, wte), (3, wpe), (4, x)],
-        groups: elem_grid(s.b * s.t * s.c),
+fn params(s: &Shape, accumulate: bool, pos: (u32, u32)) -> Params {
+    Params {
+        b: s.b,
+        t: s.t,
+        c: s.c,
+        v: s.v,
+        accumulate: accumulate as u32,
+        pos0: pos.0,
+        pos1: pos.1,
     }
 }
 
-/// `dwte [V, C]` (overwritten, or added to when `accumulate`) and `dwpe`: rows `< T` get the
-/// batch sum of `dx`, rows `T..` (when the buffer holds a whole block) are zeroed.
-pub fn launch_bwd(
-    t: &Target,
-    s: &Shape,
-    accumulate: bool,
-    idx: Buf,
-    dx: Buf,
-    dwte: Buf,
-    dwpe: Buf,
-) -> Vec<Launch> {
-    // The wte sums run over positions in order, in chunks of at most LOOP_LIMIT positions
-    // per dispatch; every chunk after the first adds to what the ones before left.
-    let npos = s.b * s.t;
-    let mut v: Vec<Launch> = (0..npos.max(1))
-        .step_by(LOOP_LIMIT as usize)
-        .map(|p0| {
-            let p = params(s, accumulate || p0 > 0, (p0, (p0 + LOOP_LIMIT).min(npos)));
-            let bufs = vec![(1, idx), (5, dx), (6, dwte)];
-            if t.cpu_loop(s.v) {
-                Launch {
-                    shader: "embedding",
-                    entry: "bwd_wte_cols",
-                    params: p,
-                    bufs,
-                    groups: grid(s.c.div_ceil(64)),
-                }
+/// `x [B, T, C]` from `idx [B, T]`, `wte [V, C]` and `wpe [>= T, C]`.
+#[derive(Clone, Copy, Debug)]
+pub struct EmbeddingFwd {
+    pub s: Shape,
+    pub idx: Buf,
+    pub wte: Buf,
+    pub wpe: Buf,
+    pub x: Buf,
+}
+
+/// `dwte [V, C]` (overwritten, or added to when `accumulate`: the tied head wrote its part
+/// first) and `dwpe`: rows `< T` get the batch sum of `dx`, rows `T..` (when the buffer holds
+/// a whole block) are zeroed.
+#[derive(Clone, Copy, Debug)]
+pub struct EmbeddingBwd {
+    pub s: Shape,
+    pub accumulate: bool,
+    pub idx: Buf,
+    pub dx: Buf,
+    pub dwte: Buf,
+    pub dwpe: Buf,
+}
+
+impl Kernel for EmbeddingFwd {
+    fn launches(&self, _t: &Target) -> Vec<Launch> {
+        let s = &self.s;
+        let p = params(s, false, (0, s.b * s.t));
+        vec![Launch::new(&SHADER, "fwd", &p, elem_grid(s.b * s.t * s.c))
+            .bind("idx", self.idx)
+            .bind("wte", self.wte)
+            .bind("wpe", self.wpe)
+            .bind("x", self.x)]
+    }
+    fn cpu(&self, m: &mut HostMem) {
+        m.with(self.x, |m, x| {
+            cpu_fwd(&self.s, m.u(self.idx), m.f(self.wte), m.f(self.wpe), x)
+        });
+    }
+}
+
+impl Kernel for EmbeddingBwd {
+    fn launches(&self, t: &Target) -> Vec<Launch> {
+        let s = &self.s;
+        // The wte sums run over positions in order, in chunks of at most LOOP_LIMIT positions
+        // per dispatch; every chunk after the first adds to what the ones before left.
+        let npos = s.b * s.t;
+        let mut v: Vec<Launch> = (0..npos.max(1))
+            .step_by(LOOP_LIMIT as usize)
+            .map(|p0| {
+                let p = params(
+                    s,
+                    self.accumulate || p0 > 0,
+                    (p0, (p0 + LOOP_LIMIT).min(npos)),
+                );
+                let l = if t.cpu_loop(s.v) {
+                    Launch::new(&SHADER, "bwd_wte_cols", &p, grid(s.c.div_ceil(64)))
+                } else {
+                    Launch::new(&SHADER, "bwd_wte", &p, grid(s.v * s.c.div_ceil(WTE_COLS)))
+                };
+                l.bind("idx", self.idx)
+                    .bind("dx", self.dx)
+                    .bind("dwte", self.dwte)
+            })
+            .collect();
+        let p = params(s, self.accumulate, (0, npos));
+        v.push(
+            Launch::new(&SHADER, "bwd_wpe", &p, elem_grid(s.t * s.c))
+                .bind("dx", self.dx)
+                .bind("dwpe", self.dwpe),
+        );
+        v
+    }
+    fn cpu(&self, m: &mut HostMem) {
+        m.with2([self.dwte, self.dwpe], |m, dwte, dwpe| {
+            cpu_bwd(
+                &self.s,
+                self.accumulate,
+                m.u(self.idx),
+                m.f(self.dx),
+                dwte,
+                dwpe,
+            )
+        });
+    }
+}
+
+/// Forward then backward (overwriting and accumulating `dwte`) on odd shapes, the paper's,
+/// more positions than one dispatch's loop may run, ids from only the first few tokens (rows
+/// no position touches, and many repeats), and position tables longer than T.
+pub fn cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    // (B, T, C, V, wpe rows, tokens used)
+    for &(bb, t, c, vv, block, used) in &[
+        (1u32, 1u32, 1u32, 2u32, 1u32, 2u32),
+        (1, 1, 1, 1, 1, 1),
+        (2, 3, 17, 5, 4, 3),
+        (2, 5, 7, 13, 5, 13),
+        (3, 17, 65, 7, 20, 7),
+        (2, 65, 130, 3, 65, 3),
+        (4, 257, 3, 300, 300, 290),
+        (1, 130, 257, 65, 257, 1),
+        (12, 64, 128, 130, 64, 130),
+        (3, 7000, 3, 5, 7000, 5), // more positions than one dispatch's loop may run
+    ] {
+        let s = Shape { b: bb, t, c, v: vv };
+        let (n, cu) = ((bb * t * c) as usize, c as usize);
+        for accumulate in [false, true] {
+            let dwte0 = if accumulate {
+                Init::Normal(1.0)
             } else {
-                Launch {
-                    shader: "embedding",
-                    entry: "bwd_wte",
-                    params: p,
-                    bufs,
-                    groups: grid(s.v * s.c.div_ceil(WTE_COLS)),
-                }
-            }
-        })
-        .collect();
-    v.push(Launch {
-        shader: "embedding",
-        entry: "bwd_wpe",
-        params: params(s, accumulate, (0, npos)),
-        bufs: vec![(5, dx), (7, dwpe)],
-        groups: elem_grid(s.t * s.c),
-    });
+                Init::Fill(3.0)
+            };
+            v.push(
+                Case::new(
+                    "embedding fwd+bwd",
+                    format!(
+                        "B={bb} T={t} C={c} V={vv} wpe={block} used={used}{}",
+                        if accumulate { " dwte+=" } else { "" }
+                    ),
+                )
+                .words("idx", (bb * t) as usize, Init::Tokens(used))
+                .input("wte", vv as usize * cu, Init::Normal(1.0))
+                .input("wpe", block as usize * cu, Init::Normal(1.0))
+                .output("x", n)
+                .input("dx", n, Init::Normal(1.0))
+                .inout("dwte", vv as usize * cu, dwte0)
+                .inout("dwpe", block as usize * cu, Init::Fill(3.0))
+                .ops(move |b| {
+                    let idx = b["idx"];
+                    vec![
+                        EmbeddingFwd {
+                            s,
+                            idx,
+                            wte: b["wte"],
+                            wpe: b["wpe"],
+                            x: b["x"],
+                        }
+                        .op(),
+                        EmbeddingBwd {
+                            s,
+                            accumulate,
+                            idx,
+                            dx: b["dx"],
+                            dwte: b["dwte"],
+                            dwpe: b["dwpe"],
+                        }
+                        .op(),
+                    ]
+                })
+                .tol(1e-5),
+            );
+        }
+    }
     v
 }
 
-/// CPU twin of [`launch_fwd`] (one f32 add per element, as on the GPU).
+/// CPU twin of [`EmbeddingFwd`] (one f32 add per element, as on the GPU).
 pub fn cpu_fwd(s: &Shape, idx: &[u32], wte: &[f32], wpe: &[f32], x: &mut [f32]) {
     let c = s.c as usize;
     let t = s.t as usize;
@@ -97,7 +224,7 @@ pub fn cpu_fwd(s: &Shape, idx: &[u32], wte: &[f32], wpe: &[f32], x: &mut [f32]) 
     }
 }
 
-/// CPU twin of [`launch_bwd`]; sums in f64 over positions in order, then stores f32
+/// CPU twin of [`EmbeddingBwd`]; sums in f64 over positions in order, then stores f32
 /// (added in f32 to the old `dwte` when accumulating). `dwpe`'s row count is its length / C.
 pub fn cpu_bwd(
     s: &Shape,
@@ -137,8 +264,6 @@ pub fn cpu_bwd(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::Op;
-    use crate::runtime::{Backend, CpuBackend, Dtype, GpuBackend};
 
     struct Rng(u64);
     impl Rng {
@@ -250,178 +375,5 @@ mod tests {
         assert_eq!(dwte, [8.0, 9.0, 8.0, 11.0, 0.0, 0.0, 14.0, 16.0]);
         // dwpe[t] = dx[0, t] + dx[1, t]
         assert_eq!(dwpe, [6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 0.0, 0.0]);
-    }
-
-    fn close(name: &str, g: &[f32], c: &[f32], atol: f32, rtol: f32) -> f32 {
-        assert_eq!(g.len(), c.len());
-        let mut worst = 0f32;
-        for (i, (a, b)) in g.iter().zip(c).enumerate() {
-            let err = (a - b).abs();
-            assert!(
-                err <= atol + rtol * b.abs(),
-                "{name}[{i}]: gpu {a} vs cpu {b}"
-            );
-            worst = worst.max(err);
-        }
-        worst
-    }
-
-    struct Case {
-        s: Shape,
-        accumulate: bool,
-        idx: Vec<u32>,
-        wte: Vec<f32>,
-        wpe: Vec<f32>,
-        dx: Vec<f32>,
-        dwte0: Vec<f32>,
-        dwpe0: Vec<f32>,
-    }
-
-    /// Forward and backward on one backend; returns `[x, dwte, dwpe]`.
-    fn run(be: &mut dyn Backend, k: &Case) -> [Vec<f32>; 3] {
-        let n = (k.s.b * k.s.t * k.s.c) as usize;
-        let idx = be.alloc("idx", k.idx.len(), Dtype::U32).unwrap();
-        let wte = be.alloc("wte", k.wte.len(), Dtype::F32).unwrap();
-        let wpe = be.alloc("wpe", k.wpe.len(), Dtype::F32).unwrap();
-        let x = be.alloc("x", n, Dtype::F32).unwrap();
-        let dx = be.alloc("dx", n, Dtype::F32).unwrap();
-        let dwte = be.alloc("dwte", k.wte.len(), Dtype::F32).unwrap();
-        let dwpe = be.alloc("dwpe", k.wpe.len(), Dtype::F32).unwrap();
-        be.write_u32(idx, &k.idx);
-        be.write_f32(wte, &k.wte);
-        be.write_f32(wpe, &k.wpe);
-        be.write_f32(dx, &k.dx);
-        be.write_f32(dwte, &k.dwte0);
-        be.write_f32(dwpe, &k.dwpe0);
-        let s = k.s;
-        let seq = be
-            .compile(&[
-                Op::EmbeddingFwd {
-                    s,
-                    idx,
-                    wte,
-                    wpe,
-                    x,
-                },
-                Op::EmbeddingBwd {
-                    s,
-                    accumulate: k.accumulate,
-                    idx,
-                    dx,
-                    dwte,
-                    dwpe,
-                },
-            ])
-            .unwrap();
-        be.run(&[seq]).unwrap();
-        [
-            be.read_f32(x).unwrap(),
-            be.read_f32(dwte).unwrap(),
-            be.read_f32(dwpe).unwrap(),
-        ]
-    }
-
-    #[test]
-    fn gpu_matches_cpu() {
-        let mut gpu = GpuBackend::open(None).unwrap();
-        // (shape, wpe rows, number of distinct tokens used)
-        let shapes = [
-            (
-                Shape {
-                    b: 1,
-                    t: 1,
-                    c: 1,
-                    v: 1,
-                },
-                1,
-                1,
-            ),
-            (
-                Shape {
-                    b: 2,
-                    t: 3,
-                    c: 17,
-                    v: 5,
-                },
-                4,
-                3,
-            ),
-            (
-                Shape {
-                    b: 3,
-                    t: 17,
-                    c: 65,
-                    v: 7,
-                },
-                20,
-                7,
-            ),
-            (
-                Shape {
-                    b: 2,
-                    t: 65,
-                    c: 130,
-                    v: 3,
-                },
-                65,
-                3,
-            ),
-            (
-                Shape {
-                    b: 4,
-                    t: 257,
-                    c: 3,
-                    v: 300,
-                },
-                300,
-                290,
-            ),
-            (
-                Shape {
-                    b: 1,
-                    t: 130,
-                    c: 257,
-                    v: 65,
-                },
-                257,
-                1,
-            ),
-        ];
-        let mut rng = Rng(42);
-        let mut worst = 0f32;
-        for (s, block, used) in shapes {
-            let (n, c, v) = ((s.b * s.t * s.c) as usize, s.c as usize, s.v as usize);
-            for accumulate in [false, true] {
-                let k = Case {
-                    s,
-                    accumulate,
-                    idx: ids(&mut rng, &s, used),
-                    wte: rng.vec(v * c),
-                    wpe: rng.vec(block * c),
-                    dx: rng.vec(n),
-                    dwte0: rng.vec(v * c),
-                    // stale values that must be overwritten
-                    dwpe0: rng.vec(block * c),
-                };
-                let g = run(&mut gpu, &k);
-                let r = run(&mut CpuBackend::new(), &k);
-                worst = worst.max(close("x", &g[0], &r[0], 0.0, 0.0));
-                worst = worst.max(close("dwte", &g[1], &r[1], 1e-5, 1e-5));
-                worst = worst.max(close("dwpe", &g[2], &r[2], 1e-5, 1e-5));
-                // Rows of unused tokens: zero, or untouched when accumulating.
-                let unused = used as usize * c..v * c;
-                let want = if accumulate {
-                    &k.dwte0[unused.clone()]
-                } else {
-                    &vec![0.0; unused.len()][..]
-                };
-                assert_eq!(&g[1][unused], want);
-                assert!(g[2][s.t as usize * c..].iter().all(|&x| x == 0.0));
-            }
-        }
-        eprintln!(
-            "embedding gpu vs cpu on {}: max abs error {worst:e}",
-            gpu.name()
-        );
     }
 }

@@ -5,8 +5,26 @@
 //! can take the residual add in front of it (`x + branch`, stored), saving a pass.
 //! CPU-like adapters get barrier-free versions: one invocation per row (or column).
 
-use crate::kernels::{grid, Launch, Target};
-use crate::runtime::Buf;
+use crate::buffers::{Buf, HostMem};
+use crate::kernels::case::{Case, Init};
+use crate::kernels::{grid, residual, IntoOp, Kernel, Launch, Shader, Target, REDUCE};
+
+pub const SHADER: Shader = Shader {
+    name: "layernorm",
+    source: include_str!("../../shaders/layernorm.wgsl"),
+    prelude: &[&REDUCE],
+    subgroup8: false,
+    params: <Params as crate::kernels::Uniform>::fields,
+};
+
+uniform! {
+    pub struct Params {
+        pub rows: u32,
+        pub cols: u32,
+        /// Backward: `dx +=` instead of `dx =`.
+        pub accumulate: u32,
+    }
+}
 
 const EPS: f64 = 1e-5;
 
@@ -16,86 +34,215 @@ const DW_COLS: u32 = 8;
 /// Rows (or columns) per workgroup of the barrier-free entry points.
 const ROWS_WG: u32 = 64;
 
-/// `y = LayerNorm(x) * w`, saving `mean` and `rstd`. With `residual = Some((branch, sum))`
-/// the input is `x + branch`, which is also stored to `sum`.
-#[allow(clippy::too_many_arguments)]
-pub fn launch_fwd(
-    t: &Target,
-    rows: u32,
-    cols: u32,
-    x: Buf,
-    residual: Option<(Buf, Buf)>,
-    w: Buf,
-    y: Buf,
-    mean: Buf,
-    rstd: Buf,
-) -> Launch {
-    let mut bufs = vec![(1, x), (2, w), (3, y), (4, mean), (5, rstd)];
-    if let Some((branch, sum)) = residual {
-        bufs.extend([(11, branch), (12, sum)]);
-    }
-    let rows_kernel = t.cpu_loop(cols);
-    let entry = match (residual.is_some(), rows_kernel) {
-        (false, false) => "layernorm_fwd",
-        (true, false) => "add_layernorm_fwd",
-        (false, true) => "layernorm_fwd_rows",
-        (true, true) => "add_layernorm_fwd_rows",
-    };
-    Launch {
-        shader: "layernorm",
-        entry,
-        params: vec![rows, cols, 0],
-        bufs,
-        groups: if rows_kernel {
+/// `y = LayerNorm(x) * w` over rows of `[rows, cols]`, saving `mean` and `rstd`. With
+/// `residual = Some((branch, sum))` the input is `x + branch`, which is also stored to `sum`.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNormFwd {
+    pub rows: u32,
+    pub cols: u32,
+    pub x: Buf,
+    pub residual: Option<(Buf, Buf)>,
+    pub w: Buf,
+    pub y: Buf,
+    pub mean: Buf,
+    pub rstd: Buf,
+}
+
+/// `dx` (`+=` when `accumulate`: the residual stream's gradient is already there) and `dw`
+/// (overwritten). `x` is the forward's input (the stored sum when the add was fused).
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNormBwd {
+    pub rows: u32,
+    pub cols: u32,
+    pub accumulate: bool,
+    pub x: Buf,
+    pub w: Buf,
+    pub mean: Buf,
+    pub rstd: Buf,
+    pub dy: Buf,
+    pub dx: Buf,
+    pub dw: Buf,
+}
+
+impl Kernel for LayerNormFwd {
+    fn launches(&self, t: &Target) -> Vec<Launch> {
+        let (rows, cols) = (self.rows, self.cols);
+        let rows_kernel = t.cpu_loop(cols);
+        let entry = match (self.residual.is_some(), rows_kernel) {
+            (false, false) => "layernorm_fwd",
+            (true, false) => "add_layernorm_fwd",
+            (false, true) => "layernorm_fwd_rows",
+            (true, true) => "add_layernorm_fwd_rows",
+        };
+        let groups = if rows_kernel {
             grid(rows.div_ceil(ROWS_WG))
         } else {
             grid(rows)
-        },
+        };
+        let p = Params {
+            rows,
+            cols,
+            accumulate: 0,
+        };
+        let mut l = Launch::new(&SHADER, entry, &p, groups)
+            .bind("x", self.x)
+            .bind("w", self.w)
+            .bind("y", self.y)
+            .bind("mean_out", self.mean)
+            .bind("rstd_out", self.rstd);
+        if let Some((branch, sum)) = self.residual {
+            l = l.bind("branch", branch).bind("sum_out", sum);
+        }
+        vec![l]
+    }
+    fn cpu(&self, m: &mut HostMem) {
+        let input = match self.residual {
+            Some((branch, sum)) => {
+                let n = self.rows * self.cols;
+                m.with(sum, |m, o| {
+                    residual::cpu_add(n, m.f(self.x), m.f(branch), o)
+                });
+                sum
+            }
+            None => self.x,
+        };
+        m.with3([self.y, self.mean, self.rstd], |m, y, mean, rstd| {
+            cpu_fwd(self.rows, self.cols, m.f(input), m.f(self.w), y, mean, rstd)
+        });
     }
 }
 
-/// The `dx` launch, then the `dw` launch (which overwrites `dw`).
-#[allow(clippy::too_many_arguments)]
-pub fn launch_bwd(
-    t: &Target,
-    rows: u32,
-    cols: u32,
-    accumulate: bool,
-    x: Buf,
-    w: Buf,
-    mean: Buf,
-    rstd: Buf,
-    dy: Buf,
-    dx: Buf,
-    dw: Buf,
-) -> Vec<Launch> {
-    let params = vec![rows, cols, accumulate as u32];
-    let (dx_entry, dx_groups) = if t.cpu_loop(cols) {
-        ("layernorm_bwd_dx_rows", grid(rows.div_ceil(ROWS_WG)))
-    } else {
-        ("layernorm_bwd_dx", grid(rows))
-    };
-    let (dw_entry, dw_groups) = if t.cpu_loop(rows) {
-        ("layernorm_bwd_dw_cols", grid(cols.div_ceil(ROWS_WG)))
-    } else {
-        ("layernorm_bwd_dw", grid(cols.div_ceil(DW_COLS)))
-    };
-    vec![
-        Launch {
-            shader: "layernorm",
-            entry: dx_entry,
-            params: params.clone(),
-            bufs: vec![(1, x), (2, w), (6, mean), (7, rstd), (8, dy), (9, dx)],
-            groups: dx_groups,
-        },
-        Launch {
-            shader: "layernorm",
-            entry: dw_entry,
-            params,
-            bufs: vec![(1, x), (6, mean), (7, rstd), (8, dy), (10, dw)],
-            groups: dw_groups,
-        },
-    ]
+impl Kernel for LayerNormBwd {
+    /// The `dx` launch, then the `dw` launch.
+    fn launches(&self, t: &Target) -> Vec<Launch> {
+        let (rows, cols) = (self.rows, self.cols);
+        let p = Params {
+            rows,
+            cols,
+            accumulate: self.accumulate as u32,
+        };
+        let (dx_entry, dx_groups) = if t.cpu_loop(cols) {
+            ("layernorm_bwd_dx_rows", grid(rows.div_ceil(ROWS_WG)))
+        } else {
+            ("layernorm_bwd_dx", grid(rows))
+        };
+        let (dw_entry, dw_groups) = if t.cpu_loop(rows) {
+            ("layernorm_bwd_dw_cols", grid(cols.div_ceil(ROWS_WG)))
+        } else {
+            ("layernorm_bwd_dw", grid(cols.div_ceil(DW_COLS)))
+        };
+        vec![
+            Launch::new(&SHADER, dx_entry, &p, dx_groups)
+                .bind("x", self.x)
+                .bind("w", self.w)
+                .bind("mean", self.mean)
+                .bind("rstd", self.rstd)
+                .bind("dy", self.dy)
+                .bind("dx", self.dx),
+            Launch::new(&SHADER, dw_entry, &p, dw_groups)
+                .bind("x", self.x)
+                .bind("mean", self.mean)
+                .bind("rstd", self.rstd)
+                .bind("dy", self.dy)
+                .bind("dw", self.dw),
+        ]
+    }
+    fn cpu(&self, m: &mut HostMem) {
+        m.with2([self.dx, self.dw], |m, dx, dw| {
+            cpu_bwd(
+                self.rows,
+                self.cols,
+                self.accumulate,
+                m.f(self.x),
+                m.f(self.w),
+                m.f(self.mean),
+                m.f(self.rstd),
+                m.f(self.dy),
+                dx,
+                dw,
+            )
+        });
+    }
+}
+
+/// Forward then backward, plain, accumulating into `dx`, and with the residual add fused in
+/// front; rows longer than a CPU-like loop may run, and more rows than one grid dimension.
+pub fn cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for &(rows, cols) in &[
+        (1u32, 1u32),
+        (3, 17),
+        (5, 65),
+        (768, 128),
+        (4, 700),
+        (66_000, 8),
+    ] {
+        let n = (rows * cols) as usize;
+        let (r, c) = (rows as usize, cols as usize);
+        for (accumulate, fused) in [(false, false), (true, false), (true, true)] {
+            let dx0 = if accumulate {
+                Init::Normal(1.0)
+            } else {
+                Init::Fill(f32::NAN)
+            };
+            let mut case = Case::new(
+                "layernorm fwd+bwd",
+                format!(
+                    "[{rows}x{cols}]{}{}",
+                    if fused { " x+b" } else { "" },
+                    if accumulate { " dx+=" } else { "" }
+                ),
+            )
+            .input("x", n, Init::Normal(2.0))
+            .input("w", c, Init::Uniform(0.5, 1.5))
+            .output("y", n)
+            .output("mean", r)
+            .output("rstd", r)
+            .input("dy", n, Init::Normal(1.0))
+            .inout("dx", n, dx0)
+            .inout("dw", c, Init::Fill(f32::NAN))
+            .input("branch", n, Init::Normal(1.0));
+            case = if fused {
+                case.output("sum", n)
+            } else {
+                case.input("sum", n, Init::Zero)
+            };
+            v.push(
+                case.ops(move |b| {
+                    let input = if fused { b["sum"] } else { b["x"] };
+                    let (w, mean, rstd) = (b["w"], b["mean"], b["rstd"]);
+                    vec![
+                        LayerNormFwd {
+                            rows,
+                            cols,
+                            x: b["x"],
+                            residual: fused.then_some((b["branch"], b["sum"])),
+                            w,
+                            y: b["y"],
+                            mean,
+                            rstd,
+                        }
+                        .op(),
+                        LayerNormBwd {
+                            rows,
+                            cols,
+                            accumulate,
+                            x: input,
+                            w,
+                            mean,
+                            rstd,
+                            dy: b["dy"],
+                            dx: b["dx"],
+                            dw: b["dw"],
+                        }
+                        .op(),
+                    ]
+                })
+                .tol(1e-4),
+            );
+        }
+    }
+    v
 }
 
 /// Mean and rstd of one row, the variance in a second pass for accuracy.
@@ -178,8 +325,6 @@ pub fn cpu_bwd(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::Op;
-    use crate::runtime::{Backend, CpuBackend, Dtype, GpuBackend};
 
     /// splitmix64, mapped to roughly N(0, 1) by summing uniforms.
     struct Rng(u64);
@@ -303,115 +448,6 @@ mod tests {
                 check("dw", c, dw[c], (lp - lm) / (2.0 * h));
             }
             eprintln!("layernorm fd ({rows},{cols}): max abs err {worst:.2e}");
-        }
-    }
-
-    fn close(what: &str, gpu: &[f32], cpu: &[f32], atol: f32, rtol: f32) {
-        assert_eq!(gpu.len(), cpu.len());
-        let mut worst = 0.0f32;
-        for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
-            let err = (g - c).abs();
-            assert!(
-                err <= atol + rtol * c.abs(),
-                "{what}[{i}]: gpu {g} vs cpu {c}"
-            );
-            worst = worst.max(err);
-        }
-        eprintln!("{what}: max abs err {worst:.2e}");
-    }
-
-    #[test]
-    fn gpu_matches_cpu() {
-        let mut gpu = GpuBackend::open(None).unwrap();
-        eprintln!("adapter: {}", gpu.name());
-        let mut cpu = CpuBackend::new();
-        let shapes = [
-            (1usize, 1usize),
-            (3, 17),
-            (5, 65),
-            (768, 128),
-            (4, 700),
-            (66_000, 8), // more rows than one grid dimension holds
-        ];
-        for (k, &(rows, cols)) in shapes.iter().enumerate() {
-            let n = rows * cols;
-            let mut rng = Rng(1000 + k as u64);
-            let x = rng.rows(rows, cols);
-            let w = rng.vec(cols, 1.0);
-            let dy = rng.vec(n, 0.0);
-            let dx0 = rng.vec(n, 0.0);
-            let mut outs = Vec::new();
-            let backends: [&mut dyn Backend; 2] = [&mut gpu, &mut cpu];
-            for be in backends {
-                let mut a = |len: usize| be.alloc("t", len, Dtype::F32).unwrap();
-                let (bx, bw, by, bm, br) = (a(n), a(cols), a(n), a(rows), a(rows));
-                let (bdy, bdx, bdxa, bdw, bdwa) = (a(n), a(n), a(n), a(cols), a(cols));
-                be.write_f32(bx, &x);
-                be.write_f32(bw, &w);
-                be.write_f32(bdy, &dy);
-                be.write_f32(bdx, &vec![f32::NAN; n]); // overwritten
-                be.write_f32(bdxa, &dx0); // accumulated into
-                be.write_f32(bdw, &vec![f32::NAN; cols]);
-                be.write_f32(bdwa, &vec![f32::NAN; cols]);
-                let (r, c) = (rows as u32, cols as u32);
-                let bwd = |accumulate, dx, dw| Op::LayerNormBwd {
-                    rows: r,
-                    cols: c,
-                    accumulate,
-                    x: bx,
-                    w: bw,
-                    mean: bm,
-                    rstd: br,
-                    dy: bdy,
-                    dx,
-                    dw,
-                };
-                let ops = [
-                    Op::LayerNormFwd {
-                        rows: r,
-                        cols: c,
-                        x: bx,
-                        residual: None,
-                        w: bw,
-                        y: by,
-                        mean: bm,
-                        rstd: br,
-                    },
-                    bwd(false, bdx, bdw),
-                    bwd(true, bdxa, bdwa),
-                ];
-                let s = be.compile(&ops).unwrap();
-                be.run(&[s]).unwrap();
-                let read = |be: &mut dyn Backend, b| be.read_f32(b).unwrap();
-                let got: Vec<Vec<f32>> = [by, bm, br, bdx, bdxa, bdw, bdwa]
-                    .iter()
-                    .map(|&b| read(&mut *be, b))
-                    .collect();
-                // Deterministic: running again gives the same bits (skipped where slow).
-                if n <= 200_000 {
-                    be.write_f32(bdxa, &dx0);
-                    be.run(&[s]).unwrap();
-                    for (b, first) in [by, bm, br, bdx, bdxa, bdw, bdwa].into_iter().zip(&got) {
-                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(bits(&read(&mut *be, b)), bits(first));
-                    }
-                }
-                outs.push(got);
-            }
-            let (g, c) = (&outs[0], &outs[1]);
-            let names = [
-                "y",
-                "mean",
-                "rstd",
-                "dx",
-                "dx (accumulate)",
-                "dw",
-                "dw (accumulate)",
-            ];
-            for (i, name) in names.iter().enumerate() {
-                let what = format!("layernorm ({rows},{cols}) {name}");
-                close(&what, &g[i], &c[i], 1e-5, 5e-5);
-            }
         }
     }
 }

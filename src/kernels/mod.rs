@@ -1,14 +1,45 @@
-//! The kernel library. Each kernel has three faces under one name: `shaders/<op>.wgsl`, the
-//! host function here that records its dispatch (`launch*`), and a plain-Rust CPU twin
-//! (`cpu*`) with the same contract. [`Op`] ties them together so a model is written once.
+//! The kernel library. An op has three faces found by one name: `shaders/<op>.wgsl` (headed
+//! by its math), and in `src/kernels/<op>.rs` its argument structs with how they launch on the
+//! GPU ([`Kernel::launches`]), its plain-Rust CPU twin ([`Kernel::cpu`]) and its check cases.
+//! [`OPS`] lists them, one line per op.
 //!
-//! Conventions shared by every shader: binding 0 is a uniform of 32-bit words (the op's
-//! sizes and scalars), storage buffers follow at bindings 1..; row kernels run one workgroup
-//! per row and element kernels 256 invocations per workgroup, both on a 2-D grid so that
-//! large tensors stay under the 65535-workgroups-per-dimension limit.
+//! To add an op: write `shaders/<op>.wgsl` with its math in the header and a `Params`
+//! uniform; in `<op>.rs` declare the same `Params` with [`uniform!`] (a test compares the two
+//! layouts), a struct per entry point implementing [`Kernel`], and `cases()`; add the line to
+//! [`OPS`]. Shared WGSL helpers live in `shaders/lib/` and are prepended ([`Shader::prelude`]).
+//!
+//! Conventions every shader follows: binding 0 is the `Params` uniform, storage buffers are
+//! bound by their WGSL names; row kernels run one workgroup per row and element kernels 256
+//! invocations per workgroup, both on a 2-D grid so large tensors stay under the
+//! 65535-workgroups-per-dimension limit. Kernels stay within WebGPU's default limits.
+
+use std::fmt;
+
+use crate::buffers::{Buf, HostMem};
+
+/// Declares a shader's `Params` uniform: a `#[repr(C)]` struct of 32-bit fields, plus its
+/// field list, which `tests/shaders.rs` compares with the WGSL struct of the same name.
+macro_rules! uniform {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $f:ident : $t:ty),* $(,)? }) => {
+        $(#[$m])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+        pub struct $name { $($(#[$fm])* pub $f: $t),* }
+        impl $crate::kernels::Uniform for $name {
+            fn fields() -> Vec<$crate::kernels::Field> {
+                vec![$($crate::kernels::Field {
+                    name: stringify!($f),
+                    offset: std::mem::offset_of!($name, $f),
+                    size: std::mem::size_of::<$t>(),
+                }),*]
+            }
+        }
+    };
+}
 
 pub mod adamw;
 pub mod attention;
+pub mod case;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod gelu;
@@ -19,43 +50,190 @@ pub mod sampled_loss;
 pub mod softmax;
 pub mod threshold;
 
-use crate::runtime::{Buf, HostMem};
-
-/// Every WGSL file, by name. `tests/shaders.rs` checks this list matches `shaders/`.
-pub const SHADERS: &[(&str, &str)] = &[
-    ("adamw", include_str!("../../shaders/adamw.wgsl")),
-    ("attention", include_str!("../../shaders/attention.wgsl")),
-    (
-        "cross_entropy",
-        include_str!("../../shaders/cross_entropy.wgsl"),
-    ),
-    ("embedding", include_str!("../../shaders/embedding.wgsl")),
-    ("gelu", include_str!("../../shaders/gelu.wgsl")),
-    ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
-    ("matmul", include_str!("../../shaders/matmul.wgsl")),
-    ("matmul_sg", include_str!("../../shaders/matmul_sg.wgsl")),
-    ("residual", include_str!("../../shaders/residual.wgsl")),
-    (
-        "sampled_loss",
-        include_str!("../../shaders/sampled_loss.wgsl"),
-    ),
-    ("softmax", include_str!("../../shaders/softmax.wgsl")),
-    ("threshold", include_str!("../../shaders/threshold.wgsl")),
+/// Every op: its name, its shaders and its check cases.
+#[rustfmt::skip]
+pub const OPS: &[OpEntry] = &[
+    OpEntry { name: "matmul", shaders: &[&matmul::SHADER, &matmul::SHADER_SG], cases: matmul::cases },
+    OpEntry { name: "softmax", shaders: &[&softmax::SHADER], cases: softmax::cases },
+    OpEntry { name: "threshold", shaders: &[&threshold::SHADER], cases: threshold::cases },
+    OpEntry { name: "cross_entropy", shaders: &[&cross_entropy::SHADER], cases: cross_entropy::cases },
+    OpEntry { name: "sampled_loss", shaders: &[&sampled_loss::SHADER], cases: sampled_loss::cases },
+    OpEntry { name: "layernorm", shaders: &[&layernorm::SHADER], cases: layernorm::cases },
+    OpEntry { name: "gelu", shaders: &[&gelu::SHADER], cases: gelu::cases },
+    OpEntry { name: "attention", shaders: &[&attention::SHADER], cases: attention::cases },
+    OpEntry { name: "embedding", shaders: &[&embedding::SHADER], cases: embedding::cases },
+    OpEntry { name: "residual", shaders: &[&residual::SHADER], cases: residual::cases },
+    OpEntry { name: "adamw", shaders: &[&adamw::SHADER], cases: adamw::cases },
 ];
 
-/// Shaders that need the subgroup feature; the runtime only picks them where subgroups are
-/// exactly 8 wide.
-pub const SUBGROUP_SHADERS: &[&str] = &["matmul_sg"];
+/// One line of [`OPS`].
+pub struct OpEntry {
+    pub name: &'static str,
+    pub shaders: &'static [&'static Shader],
+    /// `selfish check`'s cases for this op: GPU against the CPU twin.
+    pub cases: fn() -> Vec<case::Case>,
+}
 
-/// One dispatch: which entry point, its uniform words, its storage buffers and grid.
+/// Every shader of every op.
+pub fn shaders() -> impl Iterator<Item = &'static Shader> {
+    OPS.iter().flat_map(|o| o.shaders.iter().copied())
+}
+
+/// Every check case of every op, in [`OPS`] order.
+pub fn cases() -> Vec<case::Case> {
+    OPS.iter().flat_map(|o| (o.cases)()).collect()
+}
+
+/// Shared WGSL, prepended to the shaders that list it.
+pub struct Lib {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// Fixed-order workgroup tree reductions (`reduce_sum`, `reduce_max`) over `WG` lanes.
+pub const REDUCE: Lib = Lib {
+    name: "lib/reduce",
+    source: include_str!("../../shaders/lib/reduce.wgsl"),
+};
+
+/// Every shared WGSL file.
+pub const LIBS: &[&Lib] = &[&REDUCE];
+
+/// A WGSL file and what compiling it needs.
+pub struct Shader {
+    /// `shaders/<name>.wgsl`
+    pub name: &'static str,
+    pub source: &'static str,
+    /// Helpers prepended before compiling.
+    pub prelude: &'static [&'static Lib],
+    /// Needs 8-wide subgroups; picked only where the adapter has them.
+    pub subgroup8: bool,
+    /// The host's layout of the shader's `Params` uniform.
+    pub params: fn() -> Vec<Field>,
+}
+
+impl Shader {
+    /// What the device compiles: the prelude, then the file.
+    pub fn full_source(&self) -> String {
+        let mut s = String::new();
+        for lib in self.prelude {
+            s.push_str(lib.source);
+            s.push('\n');
+        }
+        s.push_str(self.source);
+        s
+    }
+
+    /// The full source as naga parses it.
+    pub fn parse(&self) -> Result<naga::Module, String> {
+        naga::front::wgsl::parse_str(&self.full_source())
+            .map_err(|e| e.emit_to_string(&self.full_source()))
+    }
+
+    /// Where each named storage buffer is bound (binding 0, the uniform, is `p`).
+    pub fn bindings(&self) -> Result<std::collections::HashMap<String, u32>, String> {
+        let m = self.parse()?;
+        Ok(m.global_variables
+            .iter()
+            .filter_map(|(_, g)| Some((g.name.clone()?, g.binding.as_ref()?.binding)))
+            .collect())
+    }
+
+    /// The WGSL `Params` struct's members as `(name, byte offset)`.
+    pub fn wgsl_params(&self) -> Result<Vec<(String, u32)>, String> {
+        let m = self.parse()?;
+        for (_, ty) in m.types.iter() {
+            if let (Some("Params"), naga::TypeInner::Struct { members, .. }) =
+                (ty.name.as_deref(), &ty.inner)
+            {
+                return Ok(members
+                    .iter()
+                    .map(|mb| (mb.name.clone().unwrap_or_default(), mb.offset))
+                    .collect());
+            }
+        }
+        Err(format!("shaders/{}.wgsl has no struct Params", self.name))
+    }
+}
+
+/// One field of a uniform as the host writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Field {
+    pub name: &'static str,
+    pub offset: usize,
+    pub size: usize,
+}
+
+/// A shader's uniform, declared with [`uniform!`].
+pub trait Uniform: bytemuck::Pod {
+    fn fields() -> Vec<Field>;
+}
+
+/// One dispatch: which entry point, its uniform, its storage buffers by WGSL name, its grid.
 #[derive(Clone, Debug)]
 pub struct Launch {
-    pub shader: &'static str,
+    pub shader: &'static Shader,
     pub entry: &'static str,
+    /// The uniform's 32-bit words.
     pub params: Vec<u32>,
-    /// (binding, buffer) pairs; binding 0 is the uniform and is filled in by the runtime.
-    pub bufs: Vec<(u32, Buf)>,
+    pub bufs: Vec<(&'static str, Buf)>,
     pub groups: [u32; 3],
+}
+
+impl fmt::Debug for Shader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "shaders/{}.wgsl", self.name)
+    }
+}
+
+impl Launch {
+    pub fn new<P: Uniform>(
+        shader: &'static Shader,
+        entry: &'static str,
+        params: &P,
+        groups: [u32; 3],
+    ) -> Launch {
+        Launch {
+            shader,
+            entry,
+            params: bytemuck::cast_slice(bytemuck::bytes_of(params)).to_vec(),
+            bufs: Vec::new(),
+            groups,
+        }
+    }
+
+    /// Binds `buf` to the WGSL storage variable `name`.
+    pub fn bind(mut self, name: &'static str, buf: Buf) -> Launch {
+        self.bufs.push((name, buf));
+        self
+    }
+}
+
+/// An op on named buffers: how it dispatches on a GPU and what its CPU twin computes. Both
+/// faces have the same contract; the check cases compare them.
+pub trait Kernel: fmt::Debug {
+    /// The dispatches on an adapter described by `t`.
+    fn launches(&self, t: &Target) -> Vec<Launch>;
+    /// The CPU twin, on host memory.
+    fn cpu(&self, mem: &mut HostMem);
+    /// The matmul products this op runs on `t` (what `selfish tune` times).
+    fn products(&self, _t: &Target) -> Vec<matmul::Shape> {
+        Vec::new()
+    }
+}
+
+/// A kernel invocation, as op lists hold it.
+pub type Op = Box<dyn Kernel>;
+
+/// `.op()` on any kernel struct.
+pub trait IntoOp {
+    fn op(self) -> Op;
+}
+
+impl<K: Kernel + 'static> IntoOp for K {
+    fn op(self) -> Op {
+        Box::new(self)
+    }
 }
 
 /// The most iterations a kernel's loops run in one invocation. lavapipe (Mesa's llvmpipe)
@@ -78,21 +256,8 @@ pub fn elem_grid(n: u32) -> [u32; 3] {
     grid(n.div_ceil(256))
 }
 
-/// Bits of an f32 for a uniform word.
-pub fn w(x: f32) -> u32 {
-    x.to_bits()
-}
-
-/// The threshold margin as two uniform words: `(enabled, margin)`.
-pub fn margin_words(margin: Option<f32>) -> [u32; 2] {
-    match margin {
-        Some(m) => [1, w(m)],
-        None => [0, 0],
-    }
-}
-
 /// What kernel choice depends on. Every choice computes the same contract; they differ in
-/// speed, so the runtime sets this from the adapter and checks run every choice.
+/// speed, so the caller sets this from the adapter and checks run every choice.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Target {
     /// A CPU-like adapter (lavapipe, llvmpipe, WARP, SwiftShader), where a workgroup barrier
@@ -119,592 +284,11 @@ impl Target {
         }
         matmul::default_variant(self, s)
     }
-}
 
-/// A kernel invocation on named buffers; see each module for the contract.
-#[derive(Clone, Debug)]
-pub enum Op {
-    Matmul {
-        s: matmul::Shape,
-        a: Buf,
-        b: Buf,
-        c: Buf,
-    },
-    /// A named rung of the matmul ladder (`matmul::VARIANTS`), for checks and benchmarks.
-    MatmulVariant {
-        variant: &'static str,
-        s: matmul::Shape,
-        a: Buf,
-        b: Buf,
-        c: Buf,
-    },
-    SoftmaxFwd {
-        rows: u32,
-        cols: u32,
-        x: Buf,
-        y: Buf,
-    },
-    SoftmaxBwd {
-        rows: u32,
-        cols: u32,
-        y: Buf,
-        dy: Buf,
-        dx: Buf,
-    },
-    ThresholdMask {
-        rows: u32,
-        cols: u32,
-        margin: Option<f32>,
-        logits: Buf,
-        targets: Buf,
-        out: Buf,
-    },
-    CrossEntropy {
-        rows: u32,
-        cols: u32,
-        /// Which non-targets enter the softmax (default: all).
-        keep: cross_entropy::Keep,
-        /// Gradient scale, normally 1 / rows.
-        scale: f32,
-        logits: Buf,
-        targets: Buf,
-        losses: Buf,
-        dlogits: Buf,
-    },
-    /// Negative sampling: `k` noise tokens per row drawn from `cdf` with the `seeds` words.
-    SampledLoss {
-        rows: u32,
-        cols: u32,
-        k: u32,
-        scale: f32,
-        logits: Buf,
-        targets: Buf,
-        /// u32 [cols], see `sampled_loss::cdf`.
-        cdf: Buf,
-        /// u32 [2]: `[step, run seed]`; the host writes the step every step.
-        seeds: Buf,
-        losses: Buf,
-        dlogits: Buf,
-    },
-    Mean {
-        n: u32,
-        x: Buf,
-        out: Buf,
-    },
-    LayerNormFwd {
-        rows: u32,
-        cols: u32,
-        x: Buf,
-        /// `(branch, sum)`: normalise `x + branch`, also stored to `sum` (the residual add).
-        residual: Option<(Buf, Buf)>,
-        w: Buf,
-        y: Buf,
-        mean: Buf,
-        rstd: Buf,
-    },
-    LayerNormBwd {
-        rows: u32,
-        cols: u32,
-        /// `dx += ...` instead of `dx = ...` (the residual stream's gradient is already there).
-        accumulate: bool,
-        x: Buf,
-        w: Buf,
-        mean: Buf,
-        rstd: Buf,
-        dy: Buf,
-        dx: Buf,
-        dw: Buf,
-    },
-    GeluFwd {
-        n: u32,
-        x: Buf,
-        y: Buf,
-    },
-    GeluBwd {
-        n: u32,
-        x: Buf,
-        dy: Buf,
-        dx: Buf,
-    },
-    AttentionFwd {
-        s: attention::Shape,
-        qkv: Buf,
-        att: Buf,
-        y: Buf,
-    },
-    AttentionBwd {
-        s: attention::Shape,
-        qkv: Buf,
-        att: Buf,
-        dy: Buf,
-        datt: Buf,
-        dqkv: Buf,
-    },
-    EmbeddingFwd {
-        s: embedding::Shape,
-        idx: Buf,
-        wte: Buf,
-        wpe: Buf,
-        x: Buf,
-    },
-    EmbeddingBwd {
-        s: embedding::Shape,
-        /// `dwte += ...` (the tied output head wrote its part first).
-        accumulate: bool,
-        idx: Buf,
-        dx: Buf,
-        dwte: Buf,
-        dwpe: Buf,
-    },
-    Add {
-        n: u32,
-        a: Buf,
-        b: Buf,
-        out: Buf,
-    },
-    AddInPlace {
-        n: u32,
-        acc: Buf,
-        a: Buf,
-    },
-    SumSquares {
-        n: u32,
-        slot: u32,
-        g: Buf,
-        partials: Buf,
-    },
-    GradNorm {
-        count: u32,
-        clip: f32,
-        partials: Buf,
-        norm: Buf,
-    },
-    AdamW {
-        n: u32,
-        h: adamw::Hyper,
-        p: Buf,
-        g: Buf,
-        m: Buf,
-        v: Buf,
-        norm: Buf,
-        step: Buf,
-    },
-}
-
-impl Op {
-    /// The matmul products this op runs on an adapter described by `t` (for tuning).
-    pub fn matmul_shapes(&self, t: &Target) -> Vec<matmul::Shape> {
-        match *self {
-            Op::Matmul { s, .. } => vec![s],
-            Op::AttentionFwd { ref s, .. } | Op::AttentionBwd { ref s, .. } if t.cpu_like => {
-                attention::products(s)
-            }
-            _ => Vec::new(),
-        }
-    }
-
-    /// The GPU dispatches this op records on an adapter described by `t`.
-    pub fn launches(&self, t: &Target) -> Vec<Launch> {
-        use Op::*;
-        match *self {
-            Matmul { ref s, a, b, c } => matmul::launch_variant(t.matmul_variant(s), s, a, b, c),
-            MatmulVariant {
-                variant,
-                ref s,
-                a,
-                b,
-                c,
-            } => matmul::launch_variant(variant, s, a, b, c),
-            SoftmaxFwd { rows, cols, x, y } => vec![softmax::launch_fwd(rows, cols, x, y)],
-            SoftmaxBwd {
-                rows,
-                cols,
-                y,
-                dy,
-                dx,
-            } => {
-                vec![softmax::launch_bwd(rows, cols, y, dy, dx)]
-            }
-            ThresholdMask {
-                rows,
-                cols,
-                margin,
-                logits,
-                targets,
-                out,
-            } => vec![threshold::launch(rows, cols, margin, logits, targets, out)],
-            CrossEntropy {
-                rows,
-                cols,
-                ref keep,
-                scale,
-                logits,
-                targets,
-                losses,
-                dlogits,
-            } => vec![cross_entropy::launch(
-                t, rows, cols, keep, scale, logits, targets, losses, dlogits,
-            )],
-            SampledLoss {
-                rows,
-                cols,
-                k,
-                scale,
-                logits,
-                targets,
-                cdf,
-                seeds,
-                losses,
-                dlogits,
-            } => vec![sampled_loss::launch(
-                rows, cols, k, scale, logits, targets, cdf, seeds, losses, dlogits,
-            )],
-            Mean { n, x, out } => vec![cross_entropy::launch_mean(n, x, out)],
-            LayerNormFwd {
-                rows,
-                cols,
-                x,
-                residual,
-                w,
-                y,
-                mean,
-                rstd,
-            } => vec![layernorm::launch_fwd(
-                t, rows, cols, x, residual, w, y, mean, rstd,
-            )],
-            LayerNormBwd {
-                rows,
-                cols,
-                accumulate,
-                x,
-                w,
-                mean,
-                rstd,
-                dy,
-                dx,
-                dw,
-            } => layernorm::launch_bwd(t, rows, cols, accumulate, x, w, mean, rstd, dy, dx, dw),
-            GeluFwd { n, x, y } => vec![gelu::launch_fwd(n, x, y)],
-            GeluBwd { n, x, dy, dx } => vec![gelu::launch_bwd(n, x, dy, dx)],
-            AttentionFwd { ref s, qkv, att, y } => attention::launch_fwd(t, s, qkv, att, y),
-            AttentionBwd {
-                ref s,
-                qkv,
-                att,
-                dy,
-                datt,
-                dqkv,
-            } => attention::launch_bwd(t, s, qkv, att, dy, datt, dqkv),
-            EmbeddingFwd {
-                ref s,
-                idx,
-                wte,
-                wpe,
-                x,
-            } => vec![embedding::launch_fwd(s, idx, wte, wpe, x)],
-            EmbeddingBwd {
-                ref s,
-                accumulate,
-                idx,
-                dx,
-                dwte,
-                dwpe,
-            } => embedding::launch_bwd(t, s, accumulate, idx, dx, dwte, dwpe),
-            Add { n, a, b, out } => vec![residual::launch_add(n, a, b, out)],
-            AddInPlace { n, acc, a } => vec![residual::launch_add_in_place(n, acc, a)],
-            SumSquares {
-                n,
-                slot,
-                g,
-                partials,
-            } => {
-                vec![adamw::launch_sum_squares(t, n, slot, g, partials)]
-            }
-            GradNorm {
-                count,
-                clip,
-                partials,
-                norm,
-            } => vec![adamw::launch_grad_norm(count, clip, partials, norm)],
-            AdamW {
-                n,
-                ref h,
-                p,
-                g,
-                m,
-                v,
-                norm,
-                step,
-            } => vec![adamw::launch_step(n, h, p, g, m, v, norm, step)],
-        }
-    }
-
-    /// Runs the CPU twin on host memory.
-    pub fn run_cpu(&self, mem: &mut HostMem) {
-        use Op::*;
-        match *self {
-            Matmul { ref s, a, b, c } | MatmulVariant { ref s, a, b, c, .. } => {
-                let mut out = mem.take(c);
-                matmul::cpu(s, mem.f(a), mem.f(b), &mut out);
-                mem.put(c, out);
-            }
-            SoftmaxFwd { rows, cols, x, y } => {
-                let mut out = mem.take(y);
-                softmax::cpu_fwd(rows, cols, mem.f(x), &mut out);
-                mem.put(y, out);
-            }
-            SoftmaxBwd {
-                rows,
-                cols,
-                y,
-                dy,
-                dx,
-            } => {
-                let mut out = mem.take(dx);
-                softmax::cpu_bwd(rows, cols, mem.f(y), mem.f(dy), &mut out);
-                mem.put(dx, out);
-            }
-            ThresholdMask {
-                rows,
-                cols,
-                margin,
-                logits,
-                targets,
-                out,
-            } => {
-                let mut o = mem.take(out);
-                threshold::cpu(rows, cols, margin, mem.f(logits), mem.u(targets), &mut o);
-                mem.put(out, o);
-            }
-            CrossEntropy {
-                rows,
-                cols,
-                ref keep,
-                scale,
-                logits,
-                targets,
-                losses,
-                dlogits,
-            } => {
-                let mut l = mem.take(losses);
-                let mut d = mem.take(dlogits);
-                cross_entropy::cpu(
-                    rows,
-                    cols,
-                    keep,
-                    scale,
-                    mem.f(logits),
-                    mem.u(targets),
-                    &mut l,
-                    &mut d,
-                );
-                mem.put(losses, l);
-                mem.put(dlogits, d);
-            }
-            SampledLoss {
-                rows,
-                cols,
-                k,
-                scale,
-                logits,
-                targets,
-                cdf,
-                seeds,
-                losses,
-                dlogits,
-            } => {
-                let mut l = mem.take(losses);
-                let mut d = mem.take(dlogits);
-                sampled_loss::cpu(
-                    rows,
-                    cols,
-                    k,
-                    scale,
-                    mem.f(logits),
-                    mem.u(targets),
-                    mem.u(cdf),
-                    mem.u(seeds),
-                    &mut l,
-                    &mut d,
-                );
-                mem.put(losses, l);
-                mem.put(dlogits, d);
-            }
-            Mean { n, x, out } => {
-                let mut o = mem.take(out);
-                cross_entropy::cpu_mean(n, mem.f(x), &mut o);
-                mem.put(out, o);
-            }
-            LayerNormFwd {
-                rows,
-                cols,
-                x,
-                residual,
-                w,
-                y,
-                mean,
-                rstd,
-            } => {
-                let input = match residual {
-                    Some((branch, sum)) => {
-                        let mut so = mem.take(sum);
-                        let n = rows * cols;
-                        residual::cpu_add(n, mem.f(x), mem.f(branch), &mut so);
-                        mem.put(sum, so);
-                        sum
-                    }
-                    None => x,
-                };
-                let (mut yo, mut mo, mut ro) = (mem.take(y), mem.take(mean), mem.take(rstd));
-                layernorm::cpu_fwd(
-                    rows,
-                    cols,
-                    mem.f(input),
-                    mem.f(w),
-                    &mut yo,
-                    &mut mo,
-                    &mut ro,
-                );
-                mem.put(y, yo);
-                mem.put(mean, mo);
-                mem.put(rstd, ro);
-            }
-            LayerNormBwd {
-                rows,
-                cols,
-                accumulate,
-                x,
-                w,
-                mean,
-                rstd,
-                dy,
-                dx,
-                dw,
-            } => {
-                let (mut dxo, mut dwo) = (mem.take(dx), mem.take(dw));
-                layernorm::cpu_bwd(
-                    rows,
-                    cols,
-                    accumulate,
-                    mem.f(x),
-                    mem.f(w),
-                    mem.f(mean),
-                    mem.f(rstd),
-                    mem.f(dy),
-                    &mut dxo,
-                    &mut dwo,
-                );
-                mem.put(dx, dxo);
-                mem.put(dw, dwo);
-            }
-            GeluFwd { n, x, y } => {
-                let mut o = mem.take(y);
-                gelu::cpu_fwd(n, mem.f(x), &mut o);
-                mem.put(y, o);
-            }
-            GeluBwd { n, x, dy, dx } => {
-                let mut o = mem.take(dx);
-                gelu::cpu_bwd(n, mem.f(x), mem.f(dy), &mut o);
-                mem.put(dx, o);
-            }
-            AttentionFwd { ref s, qkv, att, y } => {
-                let (mut a, mut yo) = (mem.take(att), mem.take(y));
-                attention::cpu_fwd(s, mem.f(qkv), &mut a, &mut yo);
-                mem.put(att, a);
-                mem.put(y, yo);
-            }
-            AttentionBwd {
-                ref s,
-                qkv,
-                att,
-                dy,
-                datt,
-                dqkv,
-            } => {
-                let (mut da, mut dq) = (mem.take(datt), mem.take(dqkv));
-                attention::cpu_bwd(s, mem.f(qkv), mem.f(att), mem.f(dy), &mut da, &mut dq);
-                mem.put(datt, da);
-                mem.put(dqkv, dq);
-            }
-            EmbeddingFwd {
-                ref s,
-                idx,
-                wte,
-                wpe,
-                x,
-            } => {
-                let mut o = mem.take(x);
-                embedding::cpu_fwd(s, mem.u(idx), mem.f(wte), mem.f(wpe), &mut o);
-                mem.put(x, o);
-            }
-            EmbeddingBwd {
-                ref s,
-                accumulate,
-                idx,
-                dx,
-                dwte,
-                dwpe,
-            } => {
-                let (mut a, mut b) = (mem.take(dwte), mem.take(dwpe));
-                embedding::cpu_bwd(s, accumulate, mem.u(idx), mem.f(dx), &mut a, &mut b);
-                mem.put(dwte, a);
-                mem.put(dwpe, b);
-            }
-            Add { n, a, b, out } => {
-                let mut o = mem.take(out);
-                residual::cpu_add(n, mem.f(a), mem.f(b), &mut o);
-                mem.put(out, o);
-            }
-            AddInPlace { n, acc, a } => {
-                let mut o = mem.take(acc);
-                residual::cpu_add_in_place(n, &mut o, mem.f(a));
-                mem.put(acc, o);
-            }
-            SumSquares {
-                n,
-                slot,
-                g,
-                partials,
-            } => {
-                let mut o = mem.take(partials);
-                adamw::cpu_sum_squares(n, slot, mem.f(g), &mut o);
-                mem.put(partials, o);
-            }
-            GradNorm {
-                count,
-                clip,
-                partials,
-                norm,
-            } => {
-                let mut o = mem.take(norm);
-                adamw::cpu_grad_norm(count, clip, mem.f(partials), &mut o);
-                mem.put(norm, o);
-            }
-            AdamW {
-                n,
-                ref h,
-                p,
-                g,
-                m,
-                v,
-                norm,
-                step,
-            } => {
-                let (mut po, mut mo, mut vo) = (mem.take(p), mem.take(m), mem.take(v));
-                adamw::cpu_step(
-                    n,
-                    h,
-                    &mut po,
-                    mem.f(g),
-                    &mut mo,
-                    &mut vo,
-                    mem.f(norm),
-                    mem.f(step),
-                );
-                mem.put(p, po);
-                mem.put(m, mo);
-                mem.put(v, vo);
-            }
-        }
+    /// Whether an adapter described by `self` can run every dispatch of `launches`.
+    pub fn runs(&self, launches: &[Launch]) -> bool {
+        launches
+            .iter()
+            .all(|l| !l.shader.subgroup8 || self.subgroup8)
     }
 }

@@ -5,8 +5,26 @@
 //! table), so the GPU and this twin pick the same negatives bit for bit and a run is
 //! reproducible and resumable from `(step, seed)` alone.
 
-use crate::kernels::{grid, w, Launch};
-use crate::runtime::Buf;
+use crate::buffers::{Buf, HostMem};
+use crate::kernels::case::{Case, Init};
+use crate::kernels::{grid, IntoOp, Kernel, Launch, Shader, Target, REDUCE};
+
+pub const SHADER: Shader = Shader {
+    name: "sampled_loss",
+    source: include_str!("../../shaders/sampled_loss.wgsl"),
+    prelude: &[&REDUCE],
+    subgroup8: false,
+    params: <Params as crate::kernels::Uniform>::fields,
+};
+
+uniform! {
+    pub struct Params {
+        pub rows: u32,
+        pub cols: u32,
+        pub k: u32,
+        pub scale: f32,
+    }
+}
 
 /// Most negatives per position: the shader keeps a row's draws in workgroup memory.
 pub const MAX_K: u32 = 1024;
@@ -77,37 +95,133 @@ pub fn cdf(weights: &[f64]) -> Vec<u32> {
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn launch(
-    rows: u32,
-    cols: u32,
-    k: u32,
-    scale: f32,
-    logits: Buf,
-    targets: Buf,
-    cdf: Buf,
-    seeds: Buf,
-    losses: Buf,
-    dlogits: Buf,
-) -> Launch {
-    assert!(
-        (1..=MAX_K).contains(&k),
-        "sampled loss: K = {k} outside 1..={MAX_K}"
-    );
-    Launch {
-        shader: "sampled_loss",
-        entry: "sampled_loss",
-        params: vec![rows, cols, k, w(scale)],
-        bufs: vec![
-            (1, logits),
-            (2, targets),
-            (3, cdf),
-            (4, seeds),
-            (5, losses),
-            (6, dlogits),
-        ],
-        groups: grid(rows),
+/// Negative sampling: `k` noise tokens per row drawn from `cdf` (u32 `[cols]`, see [`cdf`])
+/// with the `seeds` words (u32 `[step, run seed]`; the host writes the step every step).
+#[derive(Clone, Copy, Debug)]
+pub struct SampledLoss {
+    pub rows: u32,
+    pub cols: u32,
+    pub k: u32,
+    pub scale: f32,
+    pub logits: Buf,
+    pub targets: Buf,
+    pub cdf: Buf,
+    pub seeds: Buf,
+    pub losses: Buf,
+    pub dlogits: Buf,
+}
+
+impl Kernel for SampledLoss {
+    fn launches(&self, _t: &Target) -> Vec<Launch> {
+        assert!(
+            (1..=MAX_K).contains(&self.k),
+            "sampled loss: K = {} outside 1..={MAX_K}",
+            self.k
+        );
+        let p = Params {
+            rows: self.rows,
+            cols: self.cols,
+            k: self.k,
+            scale: self.scale,
+        };
+        vec![Launch::new(&SHADER, "sampled_loss", &p, grid(self.rows))
+            .bind("logits", self.logits)
+            .bind("targets", self.targets)
+            .bind("cdf", self.cdf)
+            .bind("seeds", self.seeds)
+            .bind("losses", self.losses)
+            .bind("dlogits", self.dlogits)]
     }
+    fn cpu(&self, m: &mut HostMem) {
+        m.with2([self.losses, self.dlogits], |m, l, d| {
+            cpu(
+                self.rows,
+                self.cols,
+                self.k,
+                self.scale,
+                m.f(self.logits),
+                m.u(self.targets),
+                m.u(self.cdf),
+                m.u(self.seeds),
+                l,
+                d,
+            )
+        });
+    }
+}
+
+/// A noise table over `cols` tokens with skewed weights, about a fifth of them zero (never
+/// drawn); fixed per shape so every seed checks the same table.
+fn skewed_cdf(cols: u32) -> Vec<u32> {
+    let mut rng = crate::rng::Rng::new(cols as u64);
+    let mut w: Vec<f64> = (0..cols)
+        .map(|_| {
+            let x = rng.uniform();
+            if rng.uniform() < 0.2 {
+                0.0
+            } else {
+                x * x * x
+            }
+        })
+        .collect();
+    if w.iter().all(|&x| x == 0.0) {
+        w[0] = 1.0;
+    }
+    cdf(&w)
+}
+
+/// The loss and its mean (through `cross_entropy`'s mean) for K from 1 to [`MAX_K`].
+pub fn cases() -> Vec<Case> {
+    [
+        (1u32, 1u32, 3u32),
+        (3, 17, 1),
+        (5, 34, 5),
+        (2, 9, MAX_K),
+        (7, 257, 20),
+        (768, 130, 5),
+        (768, 130, 64),
+    ]
+    .into_iter()
+    .map(|(rows, cols, k)| {
+        let n = (rows * cols) as usize;
+        Case::new(
+            "sampled_loss fwd+bwd",
+            format!("[{rows}x{cols}] sampled:{k}"),
+        )
+        .input("logits", n, Init::Normal(2.0))
+        .words("targets", rows as usize, Init::Tokens(cols))
+        .words("cdf", cols as usize, Init::Words(skewed_cdf(cols)))
+        .words("seeds", 2, Init::Tokens(u32::MAX))
+        .output("losses", rows as usize)
+        .inout("dlogits", n, Init::Fill(7.0))
+        .output("mean", 1)
+        .ops(move |b| {
+            let losses = b["losses"];
+            vec![
+                SampledLoss {
+                    rows,
+                    cols,
+                    k,
+                    scale: 1.0 / rows as f32,
+                    logits: b["logits"],
+                    targets: b["targets"],
+                    cdf: b["cdf"],
+                    seeds: b["seeds"],
+                    losses,
+                    dlogits: b["dlogits"],
+                }
+                .op(),
+                crate::kernels::cross_entropy::Mean {
+                    n: rows,
+                    x: losses,
+                    out: b["mean"],
+                }
+                .op(),
+            ]
+        })
+        .tol(2e-5)
+    })
+    .collect()
 }
 
 /// -log σ(-x), stable for any x.

@@ -1,29 +1,107 @@
 //! Row softmax and its backward; see `shaders/softmax.wgsl`.
 
-use crate::kernels::{grid, Launch};
-use crate::runtime::Buf;
+use crate::buffers::{Buf, HostMem};
+use crate::kernels::case::{Case, Init};
+use crate::kernels::{grid, IntoOp, Kernel, Launch, Shader, Target, REDUCE};
+
+pub const SHADER: Shader = Shader {
+    name: "softmax",
+    source: include_str!("../../shaders/softmax.wgsl"),
+    prelude: &[&REDUCE],
+    subgroup8: false,
+    params: <Params as crate::kernels::Uniform>::fields,
+};
+
+uniform! {
+    pub struct Params {
+        pub rows: u32,
+        pub cols: u32,
+    }
+}
 
 /// Inputs at or below this are masked (the threshold mask writes -inf).
 pub const MASKED: f32 = -3.0e38;
 
-pub fn launch_fwd(rows: u32, cols: u32, x: Buf, y: Buf) -> Launch {
-    Launch {
-        shader: "softmax",
-        entry: "softmax_fwd",
-        params: vec![rows, cols],
-        bufs: vec![(1, x), (2, y)],
-        groups: grid(rows),
+/// `y = softmax(x)` per row of `[rows, cols]`.
+#[derive(Clone, Copy, Debug)]
+pub struct SoftmaxFwd {
+    pub rows: u32,
+    pub cols: u32,
+    pub x: Buf,
+    pub y: Buf,
+}
+
+/// `dx = y ⊙ (dy − Σ y·dy)` per row.
+#[derive(Clone, Copy, Debug)]
+pub struct SoftmaxBwd {
+    pub rows: u32,
+    pub cols: u32,
+    pub y: Buf,
+    pub dy: Buf,
+    pub dx: Buf,
+}
+
+impl Kernel for SoftmaxFwd {
+    fn launches(&self, _t: &Target) -> Vec<Launch> {
+        let p = Params {
+            rows: self.rows,
+            cols: self.cols,
+        };
+        vec![Launch::new(&SHADER, "softmax_fwd", &p, grid(self.rows))
+            .bind("x", self.x)
+            .bind("y", self.y)]
+    }
+    fn cpu(&self, m: &mut HostMem) {
+        m.with(self.y, |m, y| cpu_fwd(self.rows, self.cols, m.f(self.x), y));
     }
 }
 
-pub fn launch_bwd(rows: u32, cols: u32, y: Buf, dy: Buf, dx: Buf) -> Launch {
-    Launch {
-        shader: "softmax",
-        entry: "softmax_bwd",
-        params: vec![rows, cols],
-        bufs: vec![(3, y), (4, dy), (5, dx)],
-        groups: grid(rows),
+impl Kernel for SoftmaxBwd {
+    fn launches(&self, _t: &Target) -> Vec<Launch> {
+        let p = Params {
+            rows: self.rows,
+            cols: self.cols,
+        };
+        vec![Launch::new(&SHADER, "softmax_bwd", &p, grid(self.rows))
+            .bind("y_in", self.y)
+            .bind("dy", self.dy)
+            .bind("dx", self.dx)]
     }
+    fn cpu(&self, m: &mut HostMem) {
+        m.with(self.dx, |m, dx| {
+            cpu_bwd(self.rows, self.cols, m.f(self.y), m.f(self.dy), dx)
+        });
+    }
+}
+
+/// Forward then backward on odd shapes and the paper's logits.
+pub fn cases() -> Vec<Case> {
+    [(1u32, 1u32), (3, 17), (5, 257), (768, 130)]
+        .into_iter()
+        .map(|(rows, cols)| {
+            let n = (rows * cols) as usize;
+            Case::new("softmax fwd+bwd", format!("[{rows}x{cols}]"))
+                .input("x", n, Init::Normal(3.0))
+                .output("y", n)
+                .input("dy", n, Init::Normal(1.0))
+                .output("dx", n)
+                .ops(move |b| {
+                    let (x, y, dy, dx) = (b["x"], b["y"], b["dy"], b["dx"]);
+                    vec![
+                        SoftmaxFwd { rows, cols, x, y }.op(),
+                        SoftmaxBwd {
+                            rows,
+                            cols,
+                            y,
+                            dy,
+                            dx,
+                        }
+                        .op(),
+                    ]
+                })
+                .tol(1e-5)
+        })
+        .collect()
 }
 
 /// CPU twin; sums in f64.

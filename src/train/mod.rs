@@ -1,0 +1,406 @@
+//! Training on any backend. The core takes a dataset and settings and gives back losses,
+//! metrics and checkpoints; where they go (files and a progress bar, or a web page) is the
+//! [`Host`]'s business, so the same loop runs natively and in the browser.
+//!
+//! [`run`] reads as phases, like nanoGPT's `train.py`: get a batch, forward/backward, clip
+//! and step (one submission), log, evaluate, checkpoint.
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod folder;
+
+use anyhow::{anyhow, bail, Result};
+use serde::Serialize;
+
+use crate::analysis::{roles, FreqGroups, Roles, StepBuffers};
+use crate::checkpoint::{self, Checkpoint};
+use crate::data::Dataset;
+use crate::eval::{self, GroupSums};
+use crate::loss::{noise_weights, Loss};
+use crate::model::{init_params, Gpt, GptConfig, OptConfig};
+use crate::rng::Rng;
+use crate::runlog::LogLine;
+use crate::runtime::Backend;
+use crate::tensorfile::TensorFile;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use folder::{request_stop, stop_requested, train};
+
+/// Everything a run needs besides the data.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainConfig {
+    pub model: GptConfig,
+    pub batch_size: usize,
+    pub steps: u64,
+    pub lr: f32,
+    pub min_lr: f32,
+    pub warmup: u64,
+    /// The training loss (validation always reports plain cross-entropy).
+    pub loss: Loss,
+    pub low_resource_prob: f64,
+    pub seed: u64,
+    pub eval_interval: u64,
+    /// Validation batches per language at each eval interval.
+    pub eval_batches: usize,
+    pub log_interval: u64,
+    /// Stop (with a checkpoint) after this step, keeping the schedule of `steps`; resume later.
+    pub stop_after: Option<u64>,
+    /// Also log the experiment's measurements: validation loss per token-frequency group at
+    /// each eval, and the embedding's gradient roles at each log step (`roles.jsonl`).
+    #[serde(default)]
+    pub analysis: bool,
+}
+
+impl TrainConfig {
+    /// Refuses settings that would fail hours into a run, or silently train nothing.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        if self.batch_size == 0 {
+            bail!("batch_size must be at least 1 (got 0): pass a positive --batch-size");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!(
+                "learning rate must be a positive number (got --lr {}): pass e.g. --lr 1e-3",
+                self.lr
+            );
+        }
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0) {
+            bail!(
+                "minimum learning rate must be a number >= 0 (got --min-lr {}): pass e.g. --min-lr 1e-4",
+                self.min_lr
+            );
+        }
+        if self.steps == 0 {
+            bail!("--steps must be at least 1 (got 0): pass the number of training steps");
+        }
+        if self.stop_after == Some(0) {
+            bail!("--stop-after must be at least 1 (got 0): pass the step to stop after, or leave it out");
+        }
+        if !(0.0..=1.0).contains(&self.low_resource_prob) {
+            bail!(
+                "low-resource probability {} is outside [0, 1]: pass a --low-resource-prob between 0 and 1",
+                self.low_resource_prob
+            );
+        }
+        Ok(())
+    }
+
+    /// The last step this session trains to.
+    pub fn end(&self) -> u64 {
+        self.stop_after.map_or(self.steps, |s| s.min(self.steps))
+    }
+
+    /// Whether step `s` (1-based) evaluates and checkpoints.
+    fn evaluates(&self, s: u64) -> bool {
+        self.eval_interval > 0 && (s.is_multiple_of(self.eval_interval) || s == self.steps)
+    }
+}
+
+/// Linear warm-up to `lr` over `warmup` steps, then cosine decay to `min_lr` at the last step.
+/// `step` is 0-based.
+pub fn lr_at(cfg: &TrainConfig, step: u64) -> f32 {
+    if step < cfg.warmup {
+        return cfg.lr * (step + 1) as f32 / cfg.warmup as f32;
+    }
+    let span = cfg
+        .steps
+        .saturating_sub(1)
+        .saturating_sub(cfg.warmup)
+        .max(1);
+    let ratio = ((step - cfg.warmup) as f64 / span as f64).min(1.0);
+    let coeff = 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos());
+    (cfg.min_lr as f64 + coeff * (cfg.lr - cfg.min_lr) as f64) as f32
+}
+
+/// A model being trained: the model on its backend, the data position and the step reached.
+pub struct Trainer {
+    pub model: Gpt,
+    pub cfg: TrainConfig,
+    /// Steps completed.
+    pub step: u64,
+    rng: Rng,
+    /// With `analysis`: the training text's characters ranked into groups of 10.
+    pub groups: Option<FreqGroups>,
+}
+
+/// The batch of the step just run, for measurements that need it.
+pub struct Batch {
+    pub x: Vec<u32>,
+    pub y: Vec<u32>,
+    pub lr: f32,
+}
+
+impl Trainer {
+    /// A new run: the model from `cfg.seed`'s initial weights; batches from the data RNG.
+    pub fn new(be: &mut dyn Backend, data: &Dataset, cfg: &TrainConfig) -> Result<Trainer> {
+        let t = Trainer::build(be, data, cfg)?;
+        let init = init_params(&cfg.model, &mut Rng::new(cfg.seed));
+        t.model.set_params(be, &init)?;
+        Ok(t)
+    }
+
+    /// Continues the run of a state file exactly (the caller checked it with
+    /// [`checkpoint::check_resumable`]).
+    pub fn resume(
+        be: &mut dyn Backend,
+        data: &Dataset,
+        cfg: &TrainConfig,
+        state: &TensorFile,
+    ) -> Result<Trainer> {
+        let mut t = Trainer::build(be, data, cfg)?;
+        let r = checkpoint::restore(state, &t.model)?;
+        t.model.set_params(be, &r.params)?;
+        for ((m, v), (sm, sv)) in t
+            .model
+            .adam_m
+            .iter()
+            .zip(t.model.adam_v.iter())
+            .zip(r.adam_m.iter().zip(r.adam_v.iter()))
+        {
+            be.write_f32(*m, sm);
+            be.write_f32(*v, sv);
+        }
+        t.step = r.step;
+        t.rng = r.rng;
+        Ok(t)
+    }
+
+    fn build(be: &mut dyn Backend, data: &Dataset, cfg: &TrainConfig) -> Result<Trainer> {
+        let model = Gpt::new(
+            be,
+            cfg.model,
+            cfg.batch_size,
+            &cfg.loss,
+            OptConfig::default(),
+        )?;
+        model
+            .loss_bufs
+            .set_noise(be, &noise_weights(data, cfg.model.vocab_size), cfg.seed)?;
+        let v = data.vocab.len();
+        let groups = cfg
+            .analysis
+            .then(|| FreqGroups::new(&data.train, v, cfg.model.vocab_size == 2 * v, 10));
+        Ok(Trainer {
+            model,
+            cfg: cfg.clone(),
+            step: 0,
+            rng: Rng::new(cfg.seed.wrapping_add(0x5e1f)),
+            groups,
+        })
+    }
+
+    /// One training step: a batch, the step's learning rate, then forward, loss, backward,
+    /// clip and AdamW as one submission.
+    pub fn step(&mut self, be: &mut dyn Backend, data: &Dataset) -> Result<Batch> {
+        let (b, t) = (self.cfg.batch_size, self.cfg.model.block_size);
+        let (x, y) = data.sample_batch(&mut self.rng, b, t);
+        let lr = lr_at(&self.cfg, self.step);
+        self.model.set_batch(be, &x, &y);
+        self.model.set_step(be, lr, self.step + 1);
+        self.model.train_step(be)?;
+        self.step += 1;
+        Ok(Batch { x, y, lr })
+    }
+
+    /// The last step's training loss.
+    pub async fn loss(&self, be: &mut dyn Backend) -> Result<f32> {
+        Ok(be.read_f32(self.model.acts.loss).await?[0])
+    }
+
+    /// The tied embedding's gradient roles in the last step (reads its activations back).
+    pub async fn roles(&self, be: &mut dyn Backend, batch: &Batch) -> Result<Roles> {
+        let a = &self.model.acts;
+        Ok(roles(&StepBuffers {
+            idx: &batch.x,
+            targets: &batch.y,
+            dx0: &be.read_f32(a.dres).await?,
+            dlogits: &be.read_f32(a.dlogits).await?,
+            h: &be.read_f32(a.ln_f.y).await?,
+            v: self.model.cfg.vocab_size,
+            c: self.model.cfg.n_embd,
+        }))
+    }
+
+    /// Validation loss per language over the first eval batches, and with `analysis` the
+    /// mean loss per frequency group.
+    pub async fn validate(
+        &self,
+        be: &mut dyn Backend,
+        data: &Dataset,
+    ) -> Result<(Vec<(String, f32)>, Option<Vec<Option<f64>>>)> {
+        let mut groups = self.groups.as_ref().map(GroupSums::new);
+        let mut vals = Vec::new();
+        for (name, toks) in eval::languages(data, self.model.cfg.vocab_size) {
+            let l = eval::val_loss(
+                &self.model,
+                be,
+                &toks,
+                self.cfg.eval_batches,
+                groups.as_mut(),
+            )
+            .await?;
+            vals.push((name, l));
+        }
+        Ok((vals, groups.map(|g| g.means())))
+    }
+
+    /// The checkpoint of the step reached.
+    pub async fn checkpoint(&self, be: &mut dyn Backend, data: &Dataset) -> Result<Checkpoint> {
+        Checkpoint::take(
+            &self.model,
+            be,
+            &data.vocab,
+            &self.cfg,
+            self.step,
+            &self.rng,
+        )
+        .await
+    }
+}
+
+/// Where a run's output goes: files, a progress bar and Ctrl-C natively; memory and a live
+/// chart in the browser.
+pub trait Host {
+    /// Seconds since any fixed moment (tokens/s).
+    fn now(&self) -> f64;
+    /// Finish the current step, save a checkpoint and return (Ctrl-C, a Stop button).
+    fn stop_requested(&self) -> bool;
+    fn log(&mut self, line: &LogLine) -> Result<()>;
+    /// The gradient roles of a logged step (with `analysis`).
+    fn log_roles(&mut self, step: u64, roles: &Roles) -> Result<()>;
+    fn save(&mut self, c: &Checkpoint) -> Result<()>;
+    /// A milestone worth a line (an evaluation, a resume).
+    fn say(&mut self, msg: &str);
+    /// The step reached, with the latest figures when there are new ones.
+    fn progress(&mut self, step: u64, figures: Option<&str>);
+    /// Where the last good checkpoint is, for error messages (`None`: none saved yet).
+    fn kept(&self, saved: Option<u64>) -> String;
+}
+
+/// What [`run`] returns.
+pub struct TrainSummary {
+    pub final_loss: f32,
+    pub losses: Vec<(u64, f32)>,
+    pub tokens_per_s: f64,
+    /// Steps completed, which is also the step of the last checkpoint.
+    pub step: u64,
+    /// Stopped early by [`Host::stop_requested`], after saving a checkpoint.
+    pub interrupted: bool,
+}
+
+/// Trains from `t.step` to the end of the schedule (or `stop_after`), logging every
+/// `log_interval` steps and evaluating and checkpointing every `eval_interval`.
+pub async fn run(
+    be: &mut dyn Backend,
+    data: &Dataset,
+    t: &mut Trainer,
+    host: &mut dyn Host,
+) -> Result<TrainSummary> {
+    let cfg = t.cfg.clone();
+    let (start, end) = (t.step, cfg.end());
+    let tokens_per_step = (cfg.batch_size * cfg.model.block_size) as f64;
+    let (mut losses, mut last_loss, mut tps) = (Vec::new(), f32::NAN, 0.0);
+    let (mut window, mut window_steps) = (host.now(), 0u64);
+    // The last step with a checkpoint, and the last whose loss was seen to be finite.
+    let (mut saved, mut finite_at) = ((start > 0).then_some(start), start);
+    let mut interrupted = false;
+    while t.step < end {
+        if host.stop_requested() {
+            interrupted = true;
+            break;
+        }
+        let step = t.step + 1;
+        let failed = |e: anyhow::Error, kept: String| {
+            anyhow!("training failed at step {step}: {e:#}; {kept}")
+        };
+        // ---- forward, backward, clip, AdamW
+        let batch = t.step(be, data).map_err(|e| failed(e, host.kept(saved)))?;
+        window_steps += 1;
+        let eval_now = cfg.evaluates(step);
+        let log_now = step.is_multiple_of(cfg.log_interval.max(1)) || step == end;
+        if log_now || step == start + 1 || eval_now {
+            // ---- log
+            last_loss = t.loss(be).await.map_err(|e| failed(e, host.kept(saved)))?;
+            if !last_loss.is_finite() {
+                let when = if step == finite_at + 1 {
+                    format!("at step {step}")
+                } else {
+                    format!(
+                        "between steps {} and {step} (it is checked every --log-interval steps)",
+                        finite_at + 1
+                    )
+                };
+                bail!(
+                    "the loss became {last_loss} {when}, so training stopped: lower --lr (or raise --warmup); {}",
+                    host.kept(saved)
+                );
+            }
+            finite_at = step;
+            let now = host.now();
+            tps = window_steps as f64 * tokens_per_step / (now - window).max(1e-9);
+            (window, window_steps) = (now, 0);
+            losses.push((step, last_loss));
+            let lr = batch.lr;
+            let figures = format!("loss {last_loss:.4} lr {lr:.2e} {tps:.0} tok/s");
+            host.progress(step, Some(&figures));
+            if t.groups.is_some() {
+                let r = t
+                    .roles(be, &batch)
+                    .await
+                    .map_err(|e| failed(e, host.kept(saved)))?;
+                host.log_roles(step, &r)?;
+            }
+            // ---- evaluate
+            let (mut val_loss, mut groups) = (None, None);
+            if eval_now {
+                let (vals, g) = t
+                    .validate(be, data)
+                    .await
+                    .map_err(|e| failed(e, host.kept(saved)))?;
+                let shown: Vec<String> = vals.iter().map(|(n, l)| format!("{n} {l:.4}")).collect();
+                host.say(&format!(
+                    "step {step}: train loss {last_loss:.4}, val {}",
+                    shown.join(", ")
+                ));
+                (val_loss, groups) = (Some(vals), g);
+            }
+            host.log(&LogLine {
+                step,
+                loss: last_loss,
+                lr,
+                tokens_per_s: tps,
+                val_loss,
+                groups,
+            })?;
+            // ---- checkpoint
+            if eval_now {
+                let c = t
+                    .checkpoint(be, data)
+                    .await
+                    .map_err(|e| failed(e, host.kept(saved)))?;
+                host.save(&c).map_err(|e| failed(e, host.kept(saved)))?;
+                saved = Some(step);
+            }
+        }
+        host.progress(step, None);
+    }
+    if start >= end {
+        host.say(&format!("already trained {start} of {} steps", cfg.steps));
+    } else if t.step > start && saved != Some(t.step) {
+        let done = t.step;
+        let fail = |e: anyhow::Error, kept: String| {
+            anyhow!("saving the checkpoint of step {done} failed: {e:#}; {kept}")
+        };
+        let c = t
+            .checkpoint(be, data)
+            .await
+            .map_err(|e| fail(e, host.kept(saved)))?;
+        host.save(&c).map_err(|e| fail(e, host.kept(saved)))?;
+    }
+    Ok(TrainSummary {
+        final_loss: last_loss,
+        losses,
+        tokens_per_s: tps,
+        step: t.step,
+        interrupted,
+    })
+}
