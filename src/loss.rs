@@ -531,3 +531,171 @@ pub fn noise_weights(data: &Dataset, model_vocab: usize) -> Vec<f64> {
     w.resize(model_vocab, 0.0);
     w.iter().map(|&x| x.powf(NOISE_POWER)).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(s: &str, v: usize) -> Plan {
+        Loss::parse(s).unwrap().plan(v).unwrap()
+    }
+
+    #[test]
+    fn parses_every_form_and_round_trips() {
+        let keep = |margin, hard, counterpart| Plan {
+            keep: Keep {
+                margin,
+                hard,
+                counterpart,
+            },
+            counterpart: counterpart.is_some(),
+            ..Plan::default()
+        };
+        for (s, want) in [
+            ("plain", Plan::default()),
+            ("margin:1.5", keep(Some(1.5), None, None)),
+            ("hard:8", keep(None, Some(8), None)),
+            ("counterpart", keep(None, None, Some(65))),
+            (
+                "sampled:5",
+                Plan {
+                    head: Head::Sampled(5),
+                    ..Plan::default()
+                },
+            ),
+            (
+                "margin:0.5+Counterpart+hard:3",
+                keep(Some(0.5), Some(3), Some(65)),
+            ),
+        ] {
+            let got = Loss::parse(s).unwrap();
+            assert_eq!(got.plan(130).unwrap(), want, "{s}");
+            assert_eq!(Loss::parse(&got.to_string()).unwrap(), got, "{got}");
+        }
+        assert_eq!(
+            Loss::parse("counterpart+margin:1+hard:2")
+                .unwrap()
+                .to_string(),
+            "hard:2+counterpart+margin:1"
+        );
+        assert_eq!(Loss::parse("margin:-0").unwrap().to_string(), "margin:0");
+        assert_eq!(Loss::parse("margin:0.1").unwrap().to_string(), "margin:0.1");
+        let json = serde_json::to_string(&Loss::parse("hard:2+margin:1").unwrap()).unwrap();
+        assert_eq!(json, "\"hard:2+margin:1\"");
+        let back: Loss = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.to_string(), "hard:2+margin:1");
+    }
+
+    #[test]
+    fn bad_values_give_one_line_errors_naming_the_forms() {
+        for (s, needle) in [
+            ("hard:0", "K must be"),
+            ("sampled:0", "K must be"),
+            ("sampled:1025", "1 to 1024"),
+            ("hard:x", "K must be"),
+            ("hard:-3", "K must be"),
+            ("hard", "needs a value"),
+            ("hard:1:2", "takes 1 value"),
+            ("counterpart:3", "takes no value"),
+            ("bogus", "unknown loss"),
+            ("margin:-1", "margin must be"),
+            ("margin:NaN", "margin must be"),
+            ("margin:inf", "margin must be"),
+            ("plain+hard:2", "combines with nothing"),
+            ("sampled:4+counterpart", "combines with nothing"),
+            ("hard:2+hard:3", "twice"),
+            ("", "unknown loss"),
+        ] {
+            let e = Loss::parse(s).unwrap_err().to_string();
+            assert!(e.contains(needle), "{s}: {e}");
+            assert!(
+                e.contains("accepted forms: plain, margin:M, hard:K, counterpart, sampled:K"),
+                "{s}: {e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn margin_flag_combines() {
+        let cp = Loss::parse("counterpart").unwrap();
+        assert_eq!(
+            cp.clone().with_margin(Some(1.0)).unwrap().to_string(),
+            "counterpart+margin:1"
+        );
+        assert_eq!(cp.clone().with_margin(None).unwrap(), cp);
+        let m = Loss::parse("margin:2").unwrap();
+        assert_eq!(m.clone().with_margin(Some(2.0)).unwrap(), m);
+        assert!(m
+            .with_margin(Some(1.0))
+            .unwrap_err()
+            .to_string()
+            .contains("give the margin once"));
+        let s = Loss::parse("sampled:3").unwrap();
+        assert!(s
+            .with_margin(Some(1.0))
+            .unwrap_err()
+            .to_string()
+            .contains("drop --margin"));
+        assert_eq!(
+            Loss::plain().with_margin(Some(0.5)).unwrap(),
+            Loss::parse("margin:0.5").unwrap()
+        );
+    }
+
+    #[test]
+    fn plans_and_data_checks() {
+        let p = plan("counterpart+hard:4", 130);
+        assert_eq!(
+            (p.keep.counterpart, p.keep.hard, p.keep.margin),
+            (Some(65), Some(4), None)
+        );
+        assert!(Loss::parse("counterpart").unwrap().plan(65).is_err());
+        assert_eq!(plan("sampled:2", 130).head, Head::Sampled(2));
+
+        let cp = Loss::parse("counterpart+hard:4").unwrap();
+        let text = "abcabcaab".repeat(20);
+        let one = Dataset::from_text(&text, 0.0).unwrap();
+        let e = cp
+            .check_data(&one, one.model_vocab())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--low-resource-prob"), "{e}");
+        let two = Dataset::from_text(&text, 0.25).unwrap();
+        cp.check_data(&two, two.model_vocab()).unwrap();
+    }
+
+    #[test]
+    fn help_lists_every_term() {
+        let h = help();
+        for t in TERMS {
+            assert!(h.contains(&format!("{}:", spelling(t))), "{h}");
+        }
+    }
+
+    #[test]
+    fn noise_weights_follow_the_training_counts() {
+        // 'a' x3, 'b' x1 per 4 characters; 'c' only in the validation split.
+        let text = format!("{}{}", "aaab".repeat(90), "c".repeat(40));
+        let two = Dataset::from_text(&text, 0.25).unwrap();
+        let na = two.train.iter().filter(|&&t| t == 0).count() as f64;
+        let nb = two.train.iter().filter(|&&t| t == 1).count() as f64;
+        let w = noise_weights(&two, 6);
+        let want = [
+            (0.75 * na).powf(0.75),
+            (0.75 * nb).powf(0.75),
+            0.0,
+            (0.25 * na).powf(0.75),
+            (0.25 * nb).powf(0.75),
+            0.0,
+        ];
+        for (a, b) in w.iter().zip(want) {
+            assert!((a - b).abs() < 1e-9 * b.max(1.0), "{w:?} vs {want:?}");
+        }
+        let one = Dataset::from_text(&text, 0.0).unwrap();
+        assert_eq!(
+            noise_weights(&one, 3),
+            vec![na.powf(0.75), nb.powf(0.75), 0.0]
+        );
+    }
+}

@@ -461,8 +461,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let _ = (seed, op);
             let mut be = selfish::runtime::open_backend(backend.as_deref())?;
-            let rows = fixture::check_fixture(be.as_mut(), &dir)?;
-            print_rows(&be.name(), &rows, json)
+            let mut rows = Rows::new(be.name(), json);
+            for r in fixture::check_fixture(be.as_mut(), &dir)? {
+                rows.push(r);
+            }
+            rows.finish()
         }
         Cmd::Check {
             backend,
@@ -713,37 +716,57 @@ fn cmd_devices(backend: Option<&str>, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The one row printer: a table, or JSON with the adapter and the failure count. Exits 1
-/// when any row failed.
-fn print_rows(adapter: &str, rows: &[Row], json: bool) -> Result<ExitCode> {
-    let failed = rows.iter().filter(|r| !r.ok).count();
-    if json {
-        let doc = serde_json::json!({ "adapter": adapter, "rows": rows, "failed": failed });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else {
-        println!("adapter: {adapter}");
-        println!(
-            "{:<32} {:<30} {:>11} {:>11} {:>9}  ok",
-            "quantity", "shape", "max abs", "max rel", "tol"
-        );
-        for r in rows {
+/// The one row printer: a table printed as rows arrive (long checks show progress), or JSON
+/// with the adapter and the failure count at the end.
+struct Rows {
+    json: bool,
+    adapter: String,
+    rows: Vec<Row>,
+}
+
+impl Rows {
+    fn new(adapter: String, json: bool) -> Rows {
+        if !json {
+            println!("adapter: {adapter}");
             println!(
-                "{:<32} {:<30} {:>11.3e} {:>11.3e} {:>9.1e}  {}",
-                r.op,
-                r.shape,
-                r.max_abs_err,
-                r.max_rel_err,
-                r.tol,
-                if r.ok { "ok" } else { "FAIL" }
+                "{:<32} {:<30} {:>11} {:>11} {:>9}  ok",
+                "quantity", "shape", "max abs", "max rel", "tol"
             );
         }
-        println!("{} rows, {} failed", rows.len(), failed);
+        Rows {
+            json,
+            adapter,
+            rows: Vec::new(),
+        }
     }
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+
+    fn push(&mut self, r: Row) {
+        if !self.json {
+            let ok = if r.ok { "ok" } else { "FAIL" };
+            println!(
+                "{:<32} {:<30} {:>11.3e} {:>11.3e} {:>9.1e}  {ok}",
+                r.op, r.shape, r.max_abs_err, r.max_rel_err, r.tol
+            );
+        }
+        self.rows.push(r);
+    }
+
+    /// Exits 1 when any row failed.
+    fn finish(self) -> Result<ExitCode> {
+        let failed = self.rows.iter().filter(|r| !r.ok).count();
+        if self.json {
+            let doc =
+                serde_json::json!({ "adapter": self.adapter, "rows": self.rows, "failed": failed });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        } else {
+            println!("{} rows, {} failed", self.rows.len(), failed);
+        }
+        Ok(if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    }
 }
 
 fn cmd_check(backend: Option<&str>, json: bool, seed: u64, only: Option<&str>) -> Result<ExitCode> {
@@ -760,9 +783,11 @@ fn cmd_check(backend: Option<&str>, json: bool, seed: u64, only: Option<&str>) -
             names.join(", ")
         );
     }
-    let mut rows = Vec::new();
+    let mut rows = Rows::new(gpu.gpu().describe(), json);
     for case in &cases {
-        rows.extend(check::run_case(&mut gpu, case, seed)?);
+        for r in check::run_case(&mut gpu, case, seed)? {
+            rows.push(r);
+        }
     }
-    print_rows(&gpu.gpu().describe(), &rows, json)
+    rows.finish()
 }

@@ -83,6 +83,13 @@ impl Rng {
         (m >> 64) as usize
     }
 
+    /// `n` values uniform in [-amp, amp), for tests and benchmarks.
+    pub fn signed(&mut self, n: usize, amp: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| amp * (2.0 * self.uniform() - 1.0) as f32)
+            .collect()
+    }
+
     /// Standard normal via Box-Muller. Uses exactly two draws per call and keeps no cached
     /// second value, so [`Rng::state`] alone captures everything needed to resume.
     pub fn normal(&mut self) -> f64 {

@@ -64,18 +64,7 @@ fn train_eval_sample_end_to_end() {
     let dir = common::tempdir("e2e");
     let data = corpus(&dir);
     let out = dir.join("run");
-    let small = [
-        "--n-layer",
-        "1",
-        "--n-head",
-        "2",
-        "--n-embd",
-        "16",
-        "--block-size",
-        "16",
-        "--batch-size",
-        "4",
-    ];
+    let small = common::tiny_model("4");
     let mut args = vec![
         "train",
         "--data",
@@ -95,7 +84,7 @@ fn train_eval_sample_end_to_end() {
         "--out",
         out.to_str().unwrap(),
     ];
-    args.extend(small);
+    args.extend(small.iter().copied());
     let o = selfish(&args);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "train failed: {stderr}");

@@ -11,18 +11,9 @@ use std::process::{Command, Output};
 use selfish::tensorfile::{self as checkpoint, TensorFile};
 
 /// The tiny model every case uses; anything but the option under test is valid.
-const TINY: [&str; 10] = [
-    "--n-layer",
-    "1",
-    "--n-head",
-    "2",
-    "--n-embd",
-    "16",
-    "--block-size",
-    "16",
-    "--batch-size",
-    "2",
-];
+fn tiny() -> Vec<&'static str> {
+    common::tiny_model("2")
+}
 
 fn selfish(args: &[&str]) -> Output {
     selfish_env(args, &[])
@@ -38,7 +29,7 @@ fn selfish_env(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 /// `train --backend cpu` on `data` with the tiny model, then `extra` (later flags win only
-/// where clap allows; cases pass flags TINY lacks, or use `train_with`).
+/// where clap allows; cases pass flags `tiny` lacks, or use `train_with`).
 fn train(data: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "train",
@@ -49,12 +40,12 @@ fn train(data: &Path, out: &Path, extra: &[&str]) -> Output {
         "--out",
         out.to_str().unwrap(),
     ];
-    args.extend(TINY);
+    args.extend(tiny());
     args.extend(extra);
     selfish(&args)
 }
 
-/// Like `train` but with TINY's value for `flag` replaced.
+/// Like `train` but with `tiny`'s value for `flag` replaced.
 fn train_with(data: &Path, out: &Path, flag: &str, value: &str, extra: &[&str]) -> Output {
     let mut args = vec![
         "train".to_string(),
@@ -66,7 +57,7 @@ fn train_with(data: &Path, out: &Path, flag: &str, value: &str, extra: &[&str]) 
         out.to_str().unwrap().into(),
     ];
     let mut replaced = false;
-    for pair in TINY.chunks(2) {
+    for pair in tiny().chunks(2) {
         args.push(pair[0].into());
         if pair[0] == flag {
             args.push(value.into());

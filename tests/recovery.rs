@@ -266,25 +266,11 @@ fn lost_device_keeps_the_last_checkpoint() {
 // ---------------------------------------------------------------------------------------------
 // Through the binary: NaN, Ctrl-C and SIGKILL.
 
-const TINY: [&str; 12] = [
-    "--backend",
-    "cpu",
-    "--n-layer",
-    "1",
-    "--n-head",
-    "2",
-    "--n-embd",
-    "16",
-    "--block-size",
-    "16",
-    "--batch-size",
-    "4",
-];
-
 fn cmd(data: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_selfish"));
     c.arg("train")
-        .args(TINY)
+        .args(["--backend", "cpu"])
+        .args(common::tiny_model("4"))
         .args([
             "--data",
             data.to_str().unwrap(),

@@ -10,13 +10,7 @@ use crate::buffers::{Buf, HostMem};
 use crate::kernels::case::{Case, Init};
 use crate::kernels::{elem_grid, IntoOp, Kernel, Launch, Shader, Target};
 
-pub const SHADER: Shader = Shader {
-    name: "adamw",
-    source: include_str!("../../shaders/adamw.wgsl"),
-    prelude: &[],
-    subgroup8: false,
-    params: <Params as crate::kernels::Uniform>::fields,
-};
+pub const SHADER: Shader = shader!("adamw", Params);
 
 uniform! {
     pub struct Params {
@@ -311,23 +305,7 @@ mod tests {
     use super::*;
     use crate::buffers::Dtype;
     use crate::kernels::Op;
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        /// Uniform in [-1, 1).
-        fn vec(&mut self, n: usize) -> Vec<f32> {
-            (0..n)
-                .map(|_| ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
-                .collect()
-        }
-    }
+    use crate::rng::Rng;
 
     const H: Hyper = Hyper {
         beta1: 0.9,
@@ -356,14 +334,14 @@ mod tests {
     fn problem(rng: &mut Rng, sizes: &[usize], steps: usize, clip: f32) -> Problem {
         Problem {
             sizes: sizes.to_vec(),
-            params: sizes.iter().map(|&n| rng.vec(n)).collect(),
+            params: sizes.iter().map(|&n| rng.signed(n, 1.0)).collect(),
             grads: (0..steps)
                 .map(|s| {
                     // vary the scale so clipping is active on some steps and not others
                     let k = [3.0, 0.01, 1.0][s % 3];
                     sizes
                         .iter()
-                        .map(|&n| rng.vec(n).iter().map(|x| x * k).collect())
+                        .map(|&n| rng.signed(n, 1.0).iter().map(|x| x * k).collect())
                         .collect()
                 })
                 .collect(),
@@ -507,9 +485,9 @@ mod tests {
 
     #[test]
     fn grad_norm_is_the_l2_norm_over_all_tensors() {
-        let mut rng = Rng(3);
+        let mut rng = Rng::new(3);
         let sizes = [1usize, 17, 256, 257, 8193, 20000];
-        let tensors: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec(n)).collect();
+        let tensors: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.signed(n, 1.0)).collect();
         let count = sizes.len() as u32 * SUMSQ_GROUPS;
         let mut partials = vec![f32::NAN; count as usize];
         for (j, t) in tensors.iter().enumerate() {
@@ -540,7 +518,7 @@ mod tests {
     #[test]
     fn adamw_matches_f64_reference() {
         for clip in [0.0, 1.0] {
-            let pr = problem(&mut Rng(11), &[1, 17, 300], 3, clip);
+            let pr = problem(&mut Rng::new(11), &[1, 17, 300], 3, clip);
             let (got, _, norm) = run(&pr);
             let (want, nrm) = reference(&pr);
             assert!((norm[0] as f64 - nrm).abs() <= 1e-6 * nrm);

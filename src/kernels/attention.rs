@@ -7,13 +7,7 @@ use crate::kernels::case::{Case, Init};
 use crate::kernels::matmul::{self, Layout};
 use crate::kernels::{grid, IntoOp, Kernel, Launch, Shader, Target, REDUCE};
 
-pub const SHADER: Shader = Shader {
-    name: "attention",
-    source: include_str!("../../shaders/attention.wgsl"),
-    prelude: &[&REDUCE],
-    subgroup8: false,
-    params: <Params as crate::kernels::Uniform>::fields,
-};
+pub const SHADER: Shader = shader!("attention", Params, &REDUCE);
 
 uniform! {
     pub struct Params {
@@ -421,24 +415,7 @@ pub fn cpu_bwd(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// splitmix64, mapped to uniform f32 in [-1, 1).
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        fn f(&mut self) -> f32 {
-            ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        }
-        fn vec(&mut self, n: usize, amp: f32) -> Vec<f32> {
-            (0..n).map(|_| amp * self.f()).collect()
-        }
-    }
+    use crate::rng::Rng;
 
     fn sh(b: u32, t: u32, c: u32, nh: u32) -> Shape {
         Shape { b, t, c, nh }
@@ -462,11 +439,11 @@ mod tests {
 
     #[test]
     fn cpu_att_rows_are_causal_distributions() {
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         for &(b, t, c, nh) in SHAPES {
             let s = sh(b, t, c, nh);
             let (nq, na, ny) = sizes(&s);
-            let qkv = rng.vec(nq, 2.0);
+            let qkv = rng.signed(nq, 2.0);
             let (mut att, mut y) = (vec![9.0; na], vec![9.0; ny]);
             cpu_fwd(&s, &qkv, &mut att, &mut y);
             check_causal(&s, &att);
@@ -498,12 +475,12 @@ mod tests {
     /// Central differences on every qkv element against `cpu_bwd` with dy = w.
     #[test]
     fn cpu_bwd_matches_finite_differences() {
-        let mut rng = Rng(11);
+        let mut rng = Rng::new(11);
         for &(b, t, c, nh) in &[(1, 1, 4, 1), (1, 3, 4, 2), (2, 5, 12, 3), (1, 9, 10, 2)] {
             let s = sh(b, t, c, nh);
             let (nq, na, ny) = sizes(&s);
-            let qkv = rng.vec(nq, 1.5);
-            let wy = rng.vec(ny, 1.0);
+            let qkv = rng.signed(nq, 1.5);
+            let wy = rng.signed(ny, 1.0);
             let (mut att, mut y) = (vec![0.0; na], vec![0.0; ny]);
             cpu_fwd(&s, &qkv, &mut att, &mut y);
             let (mut datt, mut dqkv) = (vec![5.0; na], vec![5.0; nq]);

@@ -7,13 +7,7 @@ use crate::buffers::{Buf, HostMem};
 use crate::kernels::case::{Case, Init};
 use crate::kernels::{grid, threshold, IntoOp, Kernel, Launch, Shader, Target, REDUCE};
 
-pub const SHADER: Shader = Shader {
-    name: "cross_entropy",
-    source: include_str!("../../shaders/cross_entropy.wgsl"),
-    prelude: &[&REDUCE],
-    subgroup8: false,
-    params: <Params as crate::kernels::Uniform>::fields,
-};
+pub const SHADER: Shader = shader!("cross_entropy", Params, &REDUCE);
 
 uniform! {
     pub struct Params {

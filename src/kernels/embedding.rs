@@ -8,13 +8,7 @@ use crate::buffers::{Buf, HostMem};
 use crate::kernels::case::{Case, Init};
 use crate::kernels::{elem_grid, grid, IntoOp, Kernel, Launch, Shader, Target, LOOP_LIMIT};
 
-pub const SHADER: Shader = Shader {
-    name: "embedding",
-    source: include_str!("../../shaders/embedding.wgsl"),
-    prelude: &[],
-    subgroup8: false,
-    params: <Params as crate::kernels::Uniform>::fields,
-};
+pub const SHADER: Shader = shader!("embedding", Params);
 
 uniform! {
     pub struct Params {
@@ -264,32 +258,14 @@ pub fn cpu_bwd(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        /// Uniform in [-1, 1).
-        fn f(&mut self) -> f32 {
-            ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        }
-        fn vec(&mut self, n: usize) -> Vec<f32> {
-            (0..n).map(|_| self.f()).collect()
-        }
-        fn below(&mut self, n: u32) -> u32 {
-            (self.next() % n as u64) as u32
-        }
-    }
+    use crate::rng::Rng;
 
     /// Ids drawn from the first `used` tokens only, so some rows of `dwte` see no position
     /// and others see many (repeated tokens).
     fn ids(rng: &mut Rng, s: &Shape, used: u32) -> Vec<u32> {
-        (0..s.b * s.t).map(|_| rng.below(used.max(1))).collect()
+        (0..s.b * s.t)
+            .map(|_| rng.below(used.max(1) as usize) as u32)
+            .collect()
     }
 
     #[test]
@@ -301,12 +277,12 @@ mod tests {
             v: 6,
         };
         let block = 7; // wpe has more rows than T
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         let idx = ids(&mut rng, &s, 4); // tokens 4 and 5 never occur
         let (c, n) = (s.c as usize, (s.b * s.t * s.c) as usize);
-        let wte = rng.vec((s.v * s.c) as usize);
-        let wpe = rng.vec(block * c);
-        let wts: Vec<f64> = (0..n).map(|_| rng.f() as f64).collect();
+        let wte = rng.signed((s.v * s.c) as usize, 1.0);
+        let wpe = rng.signed(block * c, 1.0);
+        let wts: Vec<f64> = (0..n).map(|_| 2.0 * rng.uniform() - 1.0).collect();
         let loss = |wte: &[f32], wpe: &[f32]| {
             let mut x = vec![0f32; n];
             cpu_fwd(&s, &idx, wte, wpe, &mut x);
@@ -350,7 +326,7 @@ mod tests {
         assert!(dwpe[s.t as usize * c..].iter().all(|&g| g == 0.0));
 
         // Accumulating adds the same gradient on top of what is there.
-        let base = rng.vec(dwte.len());
+        let base = rng.signed(dwte.len(), 1.0);
         let mut acc = base.clone();
         cpu_bwd(&s, true, &idx, &dx, &mut acc, &mut dwpe);
         for i in 0..acc.len() {

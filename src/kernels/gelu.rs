@@ -8,13 +8,7 @@ use crate::buffers::{Buf, HostMem};
 use crate::kernels::case::{Case, Init};
 use crate::kernels::{elem_grid, IntoOp, Kernel, Launch, Shader, Target};
 
-pub const SHADER: Shader = Shader {
-    name: "gelu",
-    source: include_str!("../../shaders/gelu.wgsl"),
-    prelude: &[],
-    subgroup8: false,
-    params: <Params as crate::kernels::Uniform>::fields,
-};
+pub const SHADER: Shader = shader!("gelu", Params);
 
 uniform! {
     pub struct Params {
@@ -173,24 +167,7 @@ pub fn cases() -> Vec<Case> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// splitmix64, mapped to roughly N(0, 1) by summing uniforms.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        fn uniform(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-        fn normal(&mut self) -> f32 {
-            ((0..4).map(|_| self.uniform()).sum::<f64>() - 2.0) as f32 * 1.7
-        }
-    }
+    use crate::rng::Rng;
 
     #[test]
     fn cpu_known_values() {
@@ -213,8 +190,8 @@ mod tests {
     fn cpu_backward_matches_finite_differences() {
         let n = 200;
         let x: Vec<f32> = (0..n).map(|i| -7.0 + 14.0 * i as f32 / n as f32).collect();
-        let mut r = Rng(7);
-        let wts: Vec<f32> = (0..n).map(|_| r.normal()).collect();
+        let mut r = Rng::new(7);
+        let wts: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
         let loss =
             |xs: &[f64]| -> f64 { xs.iter().zip(&wts).map(|(&v, &w)| w as f64 * gelu(v)).sum() };
         let mut dx = vec![0.0f32; n];

@@ -9,13 +9,7 @@ use crate::buffers::{Buf, HostMem};
 use crate::kernels::case::{Case, Init};
 use crate::kernels::{grid, residual, IntoOp, Kernel, Launch, Shader, Target, REDUCE};
 
-pub const SHADER: Shader = Shader {
-    name: "layernorm",
-    source: include_str!("../../shaders/layernorm.wgsl"),
-    prelude: &[&REDUCE],
-    subgroup8: false,
-    params: <Params as crate::kernels::Uniform>::fields,
-};
+pub const SHADER: Shader = shader!("layernorm", Params, &REDUCE);
 
 uniform! {
     pub struct Params {
@@ -325,35 +319,20 @@ pub fn cpu_bwd(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Rng;
 
-    /// splitmix64, mapped to roughly N(0, 1) by summing uniforms.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
+    /// Rows with their own offsets and scales, so the two-pass variance matters.
+    fn offset_rows(rng: &mut Rng, rows: usize, cols: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(rows * cols);
+        for _ in 0..rows {
+            let (off, scale) = (rng.normal(), 0.5 + rng.normal().abs());
+            out.extend((0..cols).map(|_| (off + scale * rng.normal()) as f32));
         }
-        fn normal(&mut self) -> f32 {
-            let u: f64 = (0..4)
-                .map(|_| (self.next() >> 11) as f64 / (1u64 << 53) as f64)
-                .sum();
-            ((u - 2.0) * 1.7) as f32
-        }
-        /// Rows with their own offsets and scales, so the two-pass variance matters.
-        fn rows(&mut self, rows: usize, cols: usize) -> Vec<f32> {
-            let mut out = Vec::with_capacity(rows * cols);
-            for _ in 0..rows {
-                let (off, scale) = (self.normal(), 0.5 + self.normal().abs());
-                out.extend((0..cols).map(|_| off + scale * self.normal()));
-            }
-            out
-        }
-        fn vec(&mut self, n: usize, mean: f32) -> Vec<f32> {
-            (0..n).map(|_| mean + self.normal() * 0.5).collect()
-        }
+        out
+    }
+
+    fn around(rng: &mut Rng, n: usize, mean: f32) -> Vec<f32> {
+        (0..n).map(|_| mean + rng.normal() as f32 * 0.5).collect()
     }
 
     /// y in f64 for finite differences.
@@ -369,10 +348,10 @@ mod tests {
     #[test]
     fn cpu_backward_matches_finite_differences() {
         for (k, &(rows, cols)) in [(1usize, 1usize), (2, 5), (3, 17)].iter().enumerate() {
-            let mut rng = Rng(11 + k as u64);
-            let x = rng.rows(rows, cols);
-            let w = rng.vec(cols, 1.0);
-            let wy = rng.vec(rows * cols, 0.0); // L = sum wy * y, so dL/dy = wy
+            let mut rng = Rng::new(11 + k as u64);
+            let x = offset_rows(&mut rng, rows, cols);
+            let w = around(&mut rng, cols, 1.0);
+            let wy = around(&mut rng, rows * cols, 0.0); // L = sum wy * y, so dL/dy = wy
             let (mut y, mut mean, mut rstd) =
                 (vec![0.0; rows * cols], vec![0.0; rows], vec![0.0; rows]);
             cpu_fwd(
@@ -390,7 +369,7 @@ mod tests {
             cpu_bwd(r32, c32, false, &x, &w, &mean, &rstd, &wy, &mut dx, &mut dw);
 
             // accumulate adds the same dx onto what is there, and dw is overwritten either way
-            let base = rng.vec(rows * cols, 0.0);
+            let base = around(&mut rng, rows * cols, 0.0);
             let mut dx_acc = base.clone();
             let mut dw_acc = vec![f32::NAN; cols];
             cpu_bwd(

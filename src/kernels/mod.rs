@@ -37,6 +37,19 @@ macro_rules! uniform {
     };
 }
 
+/// `shaders/<name>.wgsl` with its `Params` uniform and the shared helpers it needs.
+macro_rules! shader {
+    ($name:literal, $params:ty $(, $lib:expr)*) => {
+        $crate::kernels::Shader {
+            name: $name,
+            source: include_str!(concat!("../../shaders/", $name, ".wgsl")),
+            prelude: &[$($lib),*],
+            subgroup8: false,
+            params: <$params as $crate::kernels::Uniform>::fields,
+        }
+    };
+}
+
 pub mod adamw;
 pub mod attention;
 pub mod case;

@@ -5,13 +5,7 @@ use crate::buffers::{Buf, HostMem};
 use crate::kernels::case::{Case, Init};
 use crate::kernels::{elem_grid, IntoOp, Kernel, Launch, Shader, Target};
 
-pub const SHADER: Shader = Shader {
-    name: "residual",
-    source: include_str!("../../shaders/residual.wgsl"),
-    prelude: &[],
-    subgroup8: false,
-    params: <Params as crate::kernels::Uniform>::fields,
-};
+pub const SHADER: Shader = shader!("residual", Params);
 
 uniform! {
     pub struct Params {

@@ -9,13 +9,7 @@ use crate::buffers::{Buf, HostMem};
 use crate::kernels::case::{Case, Init};
 use crate::kernels::{grid, IntoOp, Kernel, Launch, Shader, Target, REDUCE};
 
-pub const SHADER: Shader = Shader {
-    name: "sampled_loss",
-    source: include_str!("../../shaders/sampled_loss.wgsl"),
-    prelude: &[&REDUCE],
-    subgroup8: false,
-    params: <Params as crate::kernels::Uniform>::fields,
-};
+pub const SHADER: Shader = shader!("sampled_loss", Params, &REDUCE);
 
 uniform! {
     pub struct Params {

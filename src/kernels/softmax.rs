@@ -4,13 +4,7 @@ use crate::buffers::{Buf, HostMem};
 use crate::kernels::case::{Case, Init};
 use crate::kernels::{grid, IntoOp, Kernel, Launch, Shader, Target, REDUCE};
 
-pub const SHADER: Shader = Shader {
-    name: "softmax",
-    source: include_str!("../../shaders/softmax.wgsl"),
-    prelude: &[&REDUCE],
-    subgroup8: false,
-    params: <Params as crate::kernels::Uniform>::fields,
-};
+pub const SHADER: Shader = shader!("softmax", Params, &REDUCE);
 
 uniform! {
     pub struct Params {

@@ -7,13 +7,7 @@ use crate::buffers::{Buf, HostMem};
 use crate::kernels::case::{Case, Init};
 use crate::kernels::{elem_grid, IntoOp, Kernel, Launch, Shader, Target};
 
-pub const SHADER: Shader = Shader {
-    name: "threshold",
-    source: include_str!("../../shaders/threshold.wgsl"),
-    prelude: &[],
-    subgroup8: false,
-    params: <Params as crate::kernels::Uniform>::fields,
-};
+pub const SHADER: Shader = shader!("threshold", Params);
 
 uniform! {
     pub struct Params {

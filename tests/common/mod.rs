@@ -5,6 +5,25 @@ use std::path::PathBuf;
 
 use selfish::rng::Rng;
 
+/// A one-layer model of width 16 over blocks of 16, small enough for any test.
+pub const TINY_MODEL: [&str; 8] = [
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "16",
+    "--block-size",
+    "16",
+];
+
+/// [`TINY_MODEL`] with a batch size.
+pub fn tiny_model(batch: &'static str) -> Vec<&'static str> {
+    let mut v = TINY_MODEL.to_vec();
+    v.extend(["--batch-size", batch]);
+    v
+}
+
 /// A fresh, empty folder for one test, named after it and this process.
 pub fn tempdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("selfish-{tag}-{}", std::process::id()));
