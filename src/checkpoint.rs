@@ -149,6 +149,8 @@ pub struct Restored {
     pub adam_m: Params<Vec<f32>>,
     pub adam_v: Params<Vec<f32>>,
     pub vocab: Vocab,
+    /// The best checkpoint's step and mixed validation loss (none in older states).
+    pub best: Option<(u64, f32)>,
 }
 
 impl Checkpoint {
@@ -303,6 +305,10 @@ pub fn restore(st: &TensorFile, model: &Gpt) -> Result<Restored> {
         adam_m: tensors(st, &model.specs, "adam_m.")?,
         adam_v: tensors(st, &model.specs, "adam_v.")?,
         vocab,
+        best: match (st.meta_usize("best_step"), st.meta_f64("best_val")) {
+            (Ok(s), Ok(v)) => Some((s as u64, v as f32)),
+            _ => None,
+        },
     })
 }
 
@@ -326,6 +332,11 @@ mod files {
     /// The export of the step with the lowest validation loss so far.
     pub fn best_path(dir: &Path) -> PathBuf {
         dir.join("best.safetensors")
+    }
+
+    /// `best.safetensors`: the export of the best step so far.
+    pub fn save_best(dir: &Path, model: &TensorFile) -> Result<()> {
+        tensorfile::save(&best_path(dir), model)
     }
 
     /// State first, then model: see the module docs.

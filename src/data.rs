@@ -340,19 +340,35 @@ impl Dataset {
     /// Call [`Dataset::check_sizes`] first; a training split shorter than `block + 1` is a
     /// caller bug and panics.
     pub fn sample_batch(&self, rng: &mut Rng, batch: usize, block: usize) -> (Vec<u32>, Vec<u32>) {
+        self.mixed_batch(&self.train, rng, batch, block)
+    }
+
+    /// A validation batch drawn and mixed like training batches (what the best checkpoint is
+    /// chosen by).
+    pub fn val_batch(&self, rng: &mut Rng, batch: usize, block: usize) -> (Vec<u32>, Vec<u32>) {
+        self.mixed_batch(&self.val, rng, batch, block)
+    }
+
+    fn mixed_batch(
+        &self,
+        split: &[u32],
+        rng: &mut Rng,
+        batch: usize,
+        block: usize,
+    ) -> (Vec<u32>, Vec<u32>) {
         assert!(
-            block >= 1 && self.train.len() > block,
+            block >= 1 && split.len() > block,
             "sample_batch: call check_sizes first"
         );
         let shift = self.vocab.len() as u32;
         let mut x = Vec::with_capacity(batch * block);
         let mut y = Vec::with_capacity(batch * block);
         for _ in 0..batch {
-            let i = rng.below(self.train.len() - block);
+            let i = rng.below(split.len() - block);
             let second = rng.uniform() < self.low_resource_prob;
             let add = if second { shift } else { 0 };
-            x.extend(self.train[i..i + block].iter().map(|&t| t + add));
-            y.extend(self.train[i + 1..i + block + 1].iter().map(|&t| t + add));
+            x.extend(split[i..i + block].iter().map(|&t| t + add));
+            y.extend(split[i + 1..i + block + 1].iter().map(|&t| t + add));
         }
         (x, y)
     }

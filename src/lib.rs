@@ -32,6 +32,8 @@ pub mod bench;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod check;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod claim;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod experiment;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fsio;

@@ -171,26 +171,57 @@ enum Cmd {
         analysis: bool,
     },
     /// The Stop Jostling comparison: runs that differ only in the loss (plain cross-entropy and
-    /// the threshold margins, by default), each evaluated, then report.md with plots.
+    /// the threshold margins, by default, or a --preset), each repeated per seed and
+    /// evaluated, then report.md with statistics over seeds and plots.
     ///
-    /// Every run starts from the same weights and sees the same batches. A finished run is
-    /// not trained again and an interrupted one resumes, so rerunning the command continues.
+    /// Within a seed every run starts from the same weights and sees the same batches. A
+    /// finished run is not trained again and an interrupted one resumes, so rerunning the
+    /// command continues. Each (run, seed) is a job that claims its folder, so several
+    /// commands (--jobs, or --plan under a batch system) can share one --out.
     #[command(allow_negative_numbers = true)]
     Experiment {
         #[command(flatten)]
         model: ModelArgs,
         #[command(flatten)]
         run: RunArgs,
-        /// Threshold margins to compare with plain cross-entropy (`none` for no margin runs).
-        #[arg(long, value_delimiter = ',', default_value = "8,4,2,1,0.5")]
-        margins: Vec<String>,
-        /// More runs, as --loss spells them (e.g. sampled:5,hard:8,counterpart+margin:1).
+        /// A named set of runs: claim (plain, margins 2 and 1), margins (plain, margins 8, 4,
+        /// 2, 1, 0.5) or paper (every row of the paper's table).
+        #[arg(long)]
+        preset: Option<String>,
+        /// Threshold margins to compare with plain cross-entropy (`none` for no margin runs;
+        /// default 8,4,2,1,0.5 without a preset, none with one).
+        #[arg(long, value_delimiter = ',')]
+        margins: Option<Vec<String>>,
+        /// More runs, as --loss spells them, with options after @ (untied,
+        /// low-resource-only): e.g. sampled:5,margin:1@untied.
         #[arg(long, value_delimiter = ',')]
         also: Vec<String>,
         /// Leave out the plain cross-entropy baseline.
         #[arg(long)]
         no_baseline: bool,
-        /// Output folder: runs/<loss>/ for each run, report.md, results.json and plots/.
+        /// Seeds to repeat every run with: a count (5: seeds 1..5) or a list (1,2,3; 7, for
+        /// seed 7 alone). Default: --seed.
+        #[arg(long, value_delimiter = ',')]
+        seeds: Option<Vec<String>>,
+        /// Evaluate each run's best-validation checkpoint (as the paper did) or its last.
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+        /// Jobs to run at once on this machine.
+        #[arg(long, default_value_t = 1, value_parser = args::count)]
+        jobs: usize,
+        /// Print one command per unfinished job (for GNU parallel, a Slurm array, ...) and exit.
+        #[arg(long)]
+        plan: bool,
+        /// Write the report from the finished jobs, list the rest, train nothing.
+        #[arg(long)]
+        report_only: bool,
+        /// Train and evaluate, but leave the report to a later --report-only.
+        #[arg(long)]
+        no_report: bool,
+        /// Only the run this spec names (as --also spells it); writes no report.
+        #[arg(long)]
+        only: Option<String>,
+        /// Output folder: runs/<run>/seed-<s>/ for each job, report.md, results.json, plots/.
         #[arg(long, default_value = "runs/experiment")]
         out: PathBuf,
     },
@@ -375,11 +406,56 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Experiment {
             model,
             run,
+            preset,
             margins,
             also,
             no_baseline,
+            seeds,
+            checkpoint,
+            jobs,
+            plan,
+            report_only,
+            no_report,
+            only,
             out,
-        } => cmd_experiment(&model, &run, &margins, &also, no_baseline, &out),
+        } => {
+            let margins = margins.unwrap_or_else(|| {
+                let default = if preset.is_some() {
+                    "none"
+                } else {
+                    "8,4,2,1,0.5"
+                };
+                default.split(',').map(String::from).collect()
+            });
+            let mut runs = experiment::runs(preset.as_deref(), &margins, &also, no_baseline)?;
+            if let Some(o) = &only {
+                runs = experiment::only(runs, o)?;
+            }
+            let seeds = match &seeds {
+                Some(s) => experiment::parse_seeds(s)?,
+                None => vec![run.seed],
+            };
+            let (dataset, base) = run.config(&model, true)?;
+            let x = experiment::Experiment {
+                base,
+                runs,
+                seeds,
+                out,
+                pick: experiment::Pick::parse(&checkpoint)?,
+            };
+            let mode = if plan {
+                Mode::Plan
+            } else if report_only {
+                Mode::ReportOnly
+            } else {
+                // A subset's report would stand in for the whole experiment's.
+                Mode::Train {
+                    jobs,
+                    report: !no_report && only.is_none(),
+                }
+            };
+            cmd_experiment(&x, &dataset, run.backend.as_deref(), mode)
+        }
         Cmd::Eval {
             checkpoint,
             data,
@@ -555,45 +631,74 @@ fn cmd_train(
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `experiment` does with its jobs.
+enum Mode {
+    Plan,
+    ReportOnly,
+    Train { jobs: usize, report: bool },
+}
+
 fn cmd_experiment(
-    model: &ModelArgs,
-    run: &RunArgs,
-    margins: &[String],
-    also: &[String],
-    no_baseline: bool,
-    out: &Path,
+    x: &experiment::Experiment,
+    data: &Dataset,
+    backend: Option<&str>,
+    mode: Mode,
 ) -> Result<ExitCode> {
-    let losses = experiment::losses(margins, also, no_baseline)?;
-    let (dataset, base) = run.config(model, true)?;
-    let command: Vec<String> = std::env::args().collect();
-    let mut be = tune::open(run.backend.as_deref())?;
-    catch_ctrl_c();
-    let names: Vec<String> = losses.iter().map(|l| l.to_string()).collect();
-    eprintln!(
-        "experiment on {}: {} runs of {} steps ({})",
-        be.name(),
-        losses.len(),
-        base.steps,
-        names.join(", ")
-    );
-    let done = experiment::run(
-        be.as_mut(),
-        &dataset,
-        &base,
-        &losses,
-        out,
-        &command.join(" "),
-        true,
-    )?;
-    match done {
-        Some(evals) => {
-            println!("{}", report::verdict(&evals));
-            println!("report: {}", out.join("report.md").display());
+    let argv: Vec<String> = std::env::args().collect();
+    let command = argv.join(" ");
+    let report = |verbose: bool| -> Result<()> {
+        let (evals, missing) = experiment::collect(x)?;
+        if evals.is_empty() {
+            bail!(
+                "no job of this experiment has finished in '{}': train first (drop --report-only)",
+                x.out.display()
+            );
+        }
+        report::write(x, &evals, &missing, &command)?;
+        if verbose {
+            println!("{}", report::verdict(x, &evals));
+        }
+        for m in &missing {
+            println!("not finished: {m}");
+        }
+        println!("report: {}", x.out.join("report.md").display());
+        Ok(())
+    };
+    match mode {
+        Mode::Plan => {
+            x.check(data)?;
+            for line in experiment::plan(x, &argv)? {
+                println!("{line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
-        None => {
-            eprintln!("interrupted: the current run's checkpoint is saved; run the same command again to continue");
-            Ok(ExitCode::from(130))
+        Mode::ReportOnly => {
+            report(true)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Mode::Train {
+            jobs,
+            report: write,
+        } => {
+            catch_ctrl_c();
+            let n = x.jobs().len();
+            eprintln!(
+                "experiment: {} runs x {} seeds = {n} jobs of {} steps, {jobs} at a time",
+                x.runs.len(),
+                x.seeds.len(),
+                x.base.steps
+            );
+            let open = || tune::open(backend);
+            let say = |m: &str| eprintln!("{m}");
+            let done = experiment::run_all(x, data, jobs, &open, &say)?;
+            if done.stopped {
+                eprintln!("interrupted: the current jobs' checkpoints are saved; run the same command again to continue");
+                return Ok(ExitCode::from(130));
+            }
+            if write {
+                report(true)?;
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

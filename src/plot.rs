@@ -20,11 +20,28 @@ pub enum Mark {
 
 #[derive(Clone, Debug)]
 pub struct Series {
+    /// In the chart's legend; empty: not listed.
     pub name: String,
     pub points: Vec<(f64, f64)>,
     pub mark: Mark,
     /// Index into the palette; series with the same index share a color.
     pub color: usize,
+    /// A shaded range around the line (e.g. a 95% interval over seeds).
+    pub band: Option<Band>,
+}
+
+/// `(x, low, high)` points of a shaded range.
+#[derive(Clone, Debug)]
+pub struct Band(pub Vec<(f64, f64, f64)>);
+
+/// One row of an interval chart: a run's per-seed values, their mean and its interval.
+#[derive(Clone, Debug)]
+pub struct Interval {
+    pub name: String,
+    pub color: usize,
+    pub points: Vec<f64>,
+    pub mean: f64,
+    pub ci95: Option<(f64, f64)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -83,47 +100,151 @@ fn font_ready() -> bool {
     })
 }
 
-/// Writes `<stem>.svg` and `<stem>.png`.
+/// Width of the legend column beside the panels.
+const LEGEND_W: u32 = 210;
+
+/// Something drawn the same way into any plotters backend (an SVG and a PNG).
+trait Painter {
+    fn paint<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static;
+}
+
+fn fail<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> anyhow::Error {
+    anyhow!("drawing a chart failed: {e}")
+}
+
+struct Grid<'a> {
+    title: &'a str,
+    cols: usize,
+    rows: usize,
+    panels: &'a [Panel],
+    legend: Vec<(String, usize, Mark)>,
+    width: u32,
+}
+
+impl Painter for Grid<'_> {
+    fn paint<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let root = root.titled(self.title, ("sans-serif", 22)).map_err(fail)?;
+        let (grid, side) = root.split_horizontally(self.width);
+        for (area, panel) in grid
+            .split_evenly((self.rows, self.cols))
+            .iter()
+            .zip(self.panels)
+        {
+            draw_panel(area, panel).map_err(fail)?;
+        }
+        draw_legend(&side, &self.legend).map_err(fail)
+    }
+}
+
+struct Rows<'a> {
+    title: &'a str,
+    x_label: &'a str,
+    rows: &'a [Interval],
+}
+
+impl Painter for Rows<'_> {
+    fn paint<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let root = root.titled(self.title, ("sans-serif", 18)).map_err(fail)?;
+        draw_intervals(&root, self.x_label, self.rows).map_err(fail)
+    }
+}
+
+/// Writes `<stem>.svg` and `<stem>.png`: panels in a grid of `cols` columns, and one legend
+/// of every named series beside them, so no legend covers data.
 pub fn chart(stem: &Path, title: &str, cols: usize, panels: &[Panel]) -> Result<()> {
+    let cols = cols.clamp(1, panels.len().max(1));
+    let rows = panels.len().div_ceil(cols).max(1);
+    let legend = legend_of(panels);
+    let extra = if legend.is_empty() { 0 } else { LEGEND_W };
+    let width = cols as u32 * 520;
+    let size = (width + extra, rows as u32 * 380 + 40);
+    let g = Grid {
+        title,
+        cols,
+        rows,
+        panels,
+        legend,
+        width,
+    };
+    render(stem, size, &g)
+}
+
+/// Writes `<stem>.svg` and `<stem>.png` for [`Interval`] rows: one row per run, its seeds as
+/// dots, the mean as a bar and the 95% interval as a line with caps, on a log axis.
+pub fn intervals(stem: &Path, title: &str, x_label: &str, rows: &[Interval]) -> Result<()> {
+    let size = (900, 110 + 28 * rows.len() as u32);
+    render(
+        stem,
+        size,
+        &Rows {
+            title,
+            x_label,
+            rows,
+        },
+    )
+}
+
+/// Draws the same picture into an SVG and a PNG.
+fn render(stem: &Path, size: (u32, u32), p: &impl Painter) -> Result<()> {
     if !font_ready() {
         return Err(anyhow!(
             "no TrueType font for chart labels: install one (Debian: `apt-get install \
              fonts-dejavu-core`) or point SELFISH_FONT at a .ttf file"
         ));
     }
-    let cols = cols.clamp(1, panels.len().max(1));
-    let rows = panels.len().div_ceil(cols).max(1);
-    let size = (cols as u32 * 520, rows as u32 * 380 + 40);
     let svg = stem.with_extension("svg");
     {
         let root = SVGBackend::new(&svg, size).into_drawing_area();
-        draw(&root, title, cols, panels)?;
+        root.fill(&WHITE).map_err(fail)?;
+        p.paint(&root)?;
         root.present()
             .map_err(|e| anyhow!("cannot write '{}': {e}", svg.display()))?;
     }
     let png = stem.with_extension("png");
     let root = BitMapBackend::new(&png, size).into_drawing_area();
-    draw(&root, title, cols, panels)?;
+    root.fill(&WHITE).map_err(fail)?;
+    p.paint(&root)?;
     root.present()
         .map_err(|e| anyhow!("cannot write '{}': {e}", png.display()))?;
     Ok(())
 }
 
-fn draw<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    title: &str,
-    cols: usize,
-    panels: &[Panel],
-) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing a chart failed: {e}");
-    root.fill(&WHITE).map_err(err)?;
-    let root = root.titled(title, ("sans-serif", 22)).map_err(err)?;
-    let rows = panels.len().div_ceil(cols).max(1);
-    for (area, panel) in root.split_evenly((rows, cols)).iter().zip(panels) {
-        draw_panel(area, panel).map_err(err)?;
+/// Every named series once, in order of first appearance.
+fn legend_of(panels: &[Panel]) -> Vec<(String, usize, Mark)> {
+    let mut v: Vec<(String, usize, Mark)> = Vec::new();
+    for s in panels.iter().flat_map(|p| &p.series) {
+        if !s.name.is_empty() && !v.iter().any(|l| l.0 == s.name) {
+            v.push((s.name.clone(), s.color, s.mark));
+        }
+    }
+    v
+}
+
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    items: &[(String, usize, Mark)],
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let style = ("sans-serif", 13).into_font().color(&BLACK);
+    for (i, (name, color, mark)) in items.iter().enumerate() {
+        let y = 40 + 20 * i as i32;
+        let c = self::color(*color);
+        match mark {
+            Mark::Dots => area.draw(&Circle::new((18, y), 4, c.filled()))?,
+            Mark::Dashed => {
+                area.draw(&PathElement::new(vec![(8, y), (16, y)], c.stroke_width(3)))?;
+                area.draw(&PathElement::new(vec![(22, y), (30, y)], c.stroke_width(3)))?;
+            }
+            Mark::Line => area.draw(&PathElement::new(vec![(8, y), (30, y)], c.stroke_width(3)))?,
+        }
+        area.draw(&Text::new(name.clone(), (38, y - 7), style.clone()))?;
     }
     Ok(())
 }
@@ -211,6 +332,32 @@ fn draw_panel<DB: DrawingBackend>(
         .draw()?;
     for s in &p.series {
         let c = color(s.color);
+        if let Some(Band(band)) = &s.band {
+            // Clamped to the panel (a two-seed interval can be far wider than the data).
+            let y = |v: f64| {
+                let t = if ly && v <= 0.0 { y0 } else { tf(ly, v) };
+                if t.is_finite() {
+                    t.clamp(y0, y1)
+                } else {
+                    y1
+                }
+            };
+            let keep =
+                |&&(x, lo, hi): &&(f64, f64, f64)| x.is_finite() && !lo.is_nan() && !hi.is_nan();
+            let upper = band
+                .iter()
+                .filter(keep)
+                .map(|&(x, _, hi)| (tf(lx, x), y(hi)));
+            let lower = band
+                .iter()
+                .filter(keep)
+                .rev()
+                .map(|&(x, lo, _)| (tf(lx, x), y(lo)));
+            let outline: Vec<(f64, f64)> = upper.chain(lower).collect();
+            if outline.len() >= 3 {
+                chart.draw_series(std::iter::once(Polygon::new(outline, c.mix(0.18).filled())))?;
+            }
+        }
         let data: Vec<(f64, f64)> = s
             .points
             .iter()
@@ -224,7 +371,7 @@ fn draw_panel<DB: DrawingBackend>(
             })
             .map(|(x, y)| (tf(lx, x), tf(ly, y)))
             .collect();
-        let anno = match s.mark {
+        match s.mark {
             Mark::Line => chart.draw_series(LineSeries::new(data, c.stroke_width(2)))?,
             Mark::Dashed => {
                 chart.draw_series(DashedLineSeries::new(data, 6, 4, c.stroke_width(2)))?
@@ -234,19 +381,90 @@ fn draw_panel<DB: DrawingBackend>(
                     .map(|xy| Circle::new(xy, 3, c.mix(0.7).filled())),
             )?,
         };
-        if !s.name.is_empty() {
-            anno.label(s.name.as_str())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 14, y + 4)], c.filled()));
-        }
     }
-    if p.series.iter().any(|s| !s.name.is_empty()) {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK.mix(0.3))
-            .label_font(("sans-serif", 11))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()?;
+    Ok(())
+}
+
+fn draw_intervals<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    x_label: &str,
+    rows: &[Interval],
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let vals: Vec<f64> = rows
+        .iter()
+        .flat_map(|r| {
+            r.points
+                .iter()
+                .copied()
+                .chain(r.ci95.map(|c| c.0))
+                .chain(r.ci95.map(|c| c.1))
+        })
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .map(f64::log10)
+        .collect();
+    let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let pad = ((hi - lo) * 0.06).max(0.02);
+    let n = rows.len() as f64;
+    let names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
+    let mut chart = ChartBuilder::on(area)
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(210)
+        .build_cartesian_2d((lo - pad)..(hi + pad), -0.5..(n - 0.5))?;
+    chart
+        .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .y_labels(rows.len().max(1))
+        .x_desc(x_label)
+        .x_label_formatter(&|v| label(true, *v))
+        .y_label_formatter(&|v| {
+            // Rows from the top: row 0 is drawn at y = n - 1.
+            let i = (n - 1.0 - v).round();
+            if (v - v.round()).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
+                names[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .label_style(("sans-serif", 12))
+        .draw()?;
+    for (i, r) in rows.iter().enumerate() {
+        let y = n - 1.0 - i as f64;
+        let c = color(r.color);
+        if let Some((a, b)) = r.ci95.filter(|(a, b)| *a > 0.0 && *b > 0.0) {
+            let (a, b) = (a.log10(), b.log10());
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(a, y), (b, y)],
+                c.stroke_width(2),
+            )))?;
+            for x in [a, b] {
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![(x, y - 0.18), (x, y + 0.18)],
+                    c.stroke_width(2),
+                )))?;
+            }
+        }
+        if r.mean > 0.0 {
+            let m = r.mean.log10();
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(m, y - 0.32), (m, y + 0.32)],
+                BLACK.stroke_width(2),
+            )))?;
+        }
+        // Seeds spread slightly up and down so equal values stay visible.
+        let k = r.points.len().max(1) as f64;
+        chart.draw_series(r.points.iter().enumerate().filter(|(_, v)| **v > 0.0).map(
+            |(j, v)| {
+                let dy = if k > 1.0 {
+                    0.24 * (j as f64 / (k - 1.0) - 0.5)
+                } else {
+                    0.0
+                };
+                Circle::new((v.log10(), y + dy), 4, c.mix(0.75).filled())
+            },
+        ))?;
     }
     Ok(())
 }
@@ -272,12 +490,18 @@ mod tests {
                         .collect(),
                     mark: Mark::Line,
                     color: 0,
+                    band: Some(Band(vec![
+                        (0.5, 6.0, 8.0),
+                        (1.0, 5.5, 7.0),
+                        (1.5, 5.2, 6.0),
+                    ])),
                 },
                 Series {
                     name: "dots".into(),
                     points: vec![(0.5, 7.0), (1.0, f64::NAN), (1.5, 6.0)],
                     mark: Mark::Dots,
                     color: 1,
+                    band: None,
                 },
             ],
             ..Default::default()

@@ -19,6 +19,9 @@ pub struct LogLine {
     /// Per language, mean plain cross-entropy over the first eval batches.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<Vec<(String, f32)>>,
+    /// Mean plain cross-entropy on validation batches mixed like training ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_mixed: Option<f32>,
     /// Mean validation loss per token-frequency group (`groups.json` names them); null for
     /// a group with no validation target.
     #[serde(skip_serializing_if = "Option::is_none")]

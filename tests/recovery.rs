@@ -452,3 +452,35 @@ fn sigkill_then_resume_continues_from_the_last_checkpoint() {
     same_as_uninterrupted(&data, &dir, &out, &extra, step + 20);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Two `train` commands into one folder at the same moment: the second is refused with who
+/// holds the folder, and the folder keeps the first run's log alone.
+#[test]
+fn a_second_train_into_a_busy_folder_is_refused() {
+    let dir = common::tempdir("busy");
+    let data = dir.join("corpus.txt");
+    std::fs::write(&data, corpus_text()).unwrap();
+    let out = dir.join("run");
+    let mut first = cmd(&data, &out, &["--steps", "1000000", "--eval-interval", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the first run's claim", || out.join("run.lock").exists());
+    let second = run(&data, &out, &["--steps", "4000"]);
+    assert!(!second.status.success());
+    let err = stderr(&second);
+    assert!(
+        err.contains("is being trained by pid") && err.contains(&first.id().to_string()),
+        "{err}"
+    );
+    wait_until("a few logged steps", || metrics(&out).len() >= 3);
+    let _ = first.kill();
+    wait_exit(&mut first);
+    let steps: Vec<u64> = metrics(&out).iter().map(|m| m.0).collect();
+    assert!(
+        steps.windows(2).all(|w| w[0] + 1 == w[1]),
+        "one run's log: {steps:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -10,11 +10,12 @@ use anyhow::Result;
 
 use crate::analysis::Roles;
 use crate::checkpoint::{self, Checkpoint};
+use crate::claim::{self, Claim};
 use crate::data::Dataset;
 use crate::fsio;
 use crate::runlog::{self, Jsonl, LogLine};
 use crate::runtime::Backend;
-use crate::tensorfile;
+use crate::tensorfile::{self, TensorFile};
 use crate::train::{run, Host, TrainConfig, TrainSummary, Trainer};
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -31,6 +32,7 @@ pub fn stop_requested() -> bool {
 
 struct Folder<'a> {
     out: &'a Path,
+    claim: &'a Claim,
     clock: Instant,
     metrics: Jsonl,
     roles: Jsonl,
@@ -46,6 +48,7 @@ impl Host for Folder<'_> {
         stop_requested()
     }
     fn log(&mut self, line: &LogLine) -> Result<()> {
+        self.claim.refresh();
         self.metrics.append(line)
     }
     fn log_roles(&mut self, step: u64, roles: &Roles) -> Result<()> {
@@ -55,6 +58,9 @@ impl Host for Folder<'_> {
     }
     fn save(&mut self, c: &Checkpoint) -> Result<()> {
         checkpoint::save(self.out, c)
+    }
+    fn save_best(&mut self, model: &TensorFile) -> Result<()> {
+        checkpoint::save_best(self.out, model)
     }
     /// Milestones go above the bar, or to stderr when it is not a terminal (a log file).
     fn say(&mut self, msg: &str) {
@@ -84,6 +90,10 @@ impl Host for Folder<'_> {
 /// Trains `cfg` on `data`, writing checkpoints and `metrics.jsonl` to `out`.
 /// With `resume`, continues exactly from `out`'s checkpoint, which must exist; without it,
 /// `out` must not hold one (see [`checkpoint::preflight`]).
+///
+/// The folder is claimed first (see [`crate::claim`]): a second process training into it at
+/// the same time is refused with who holds it. A run refused before its first checkpoint
+/// leaves no folder behind that was not there before.
 pub fn train(
     be: &mut dyn Backend,
     data: &Dataset,
@@ -92,6 +102,28 @@ pub fn train(
     resume: bool,
     progress: bool,
 ) -> Result<TrainSummary> {
+    checkpoint::preflight(data, cfg, out, resume)?;
+    let existed = out.exists();
+    let claim = claim::claim_or_fail(out, "--out")?;
+    let r = train_claimed(be, data, cfg, out, resume, progress, &claim);
+    drop(claim);
+    if r.is_err() && !existed && fs::read_dir(out).is_ok_and(|mut d| d.next().is_none()) {
+        let _ = fs::remove_dir(out);
+    }
+    r
+}
+
+/// [`train`] in a folder this process has already claimed.
+pub fn train_claimed(
+    be: &mut dyn Backend,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    progress: bool,
+    claim: &Claim,
+) -> Result<TrainSummary> {
+    // Checked again under the claim: another run may have finished here since.
     checkpoint::preflight(data, cfg, out, resume)?;
     let mut trainer = if resume {
         let state = tensorfile::load(&checkpoint::state_path(out))?;
@@ -102,9 +134,13 @@ pub fn train(
     } else {
         Trainer::new(be, data, cfg)?
     };
-    fsio::create_dir(out, "output folder")?;
     // Left by a crash during a save; the files they were meant to replace are intact.
-    for name in ["model.safetensors", "state.safetensors", "metrics.jsonl"] {
+    for name in [
+        "model.safetensors",
+        "state.safetensors",
+        "best.safetensors",
+        "metrics.jsonl",
+    ] {
         let _ = fs::remove_file(fsio::tmp_path(&out.join(name)));
     }
     let (metrics, roles) = (runlog::metrics_path(out), runlog::roles_path(out));
@@ -135,6 +171,7 @@ pub fn train(
     bar.set_position(trainer.step);
     let mut host = Folder {
         out,
+        claim,
         clock: Instant::now(),
         metrics: Jsonl::new(metrics),
         roles: Jsonl::new(roles),

@@ -9,7 +9,7 @@
 pub mod folder;
 
 use anyhow::{anyhow, bail, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::analysis::{roles, FreqGroups, Roles, StepBuffers};
 use crate::checkpoint::{self, Checkpoint};
@@ -23,10 +23,11 @@ use crate::runtime::Backend;
 use crate::tensorfile::TensorFile;
 
 #[cfg(not(target_arch = "wasm32"))]
-pub use folder::{request_stop, stop_requested, train};
+pub use folder::{request_stop, stop_requested, train, train_claimed};
 
-/// Everything a run needs besides the data.
-#[derive(Clone, Debug, Serialize)]
+/// Everything a run needs besides the data. Fields added later carry serde defaults, so the
+/// settings an older checkpoint recorded still read (and compare equal).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub model: GptConfig,
     pub batch_size: usize,
@@ -120,7 +121,23 @@ pub struct Trainer {
     rng: Rng,
     /// With `analysis`: the training text's characters ranked into groups of 10.
     pub groups: Option<FreqGroups>,
+    /// The step with the lowest mixed validation loss so far, and that loss.
+    pub best: Option<(u64, f32)>,
 }
+
+/// One evaluation during training.
+pub struct Validation {
+    /// Per language, mean plain cross-entropy over the first `eval_batches` windows.
+    pub languages: Vec<(String, f32)>,
+    /// Over `eval_batches` validation batches drawn and mixed like training batches (the
+    /// same batches every time): what the best checkpoint is chosen by.
+    pub mixed: f32,
+    /// With `analysis`: mean loss per frequency group.
+    pub groups: Option<Vec<Option<f64>>>,
+}
+
+/// Salt of the validation batches' RNG, apart from the training batches'.
+const VAL_SALT: u64 = 0x7a1_0000_0000;
 
 /// The batch of the step just run, for measurements that need it.
 pub struct Batch {
@@ -161,6 +178,7 @@ impl Trainer {
         }
         t.step = r.step;
         t.rng = r.rng;
+        t.best = r.best;
         Ok(t)
     }
 
@@ -185,6 +203,7 @@ impl Trainer {
             step: 0,
             rng: Rng::new(cfg.seed.wrapping_add(0x5e1f)),
             groups,
+            best: None,
         })
     }
 
@@ -220,40 +239,39 @@ impl Trainer {
         }))
     }
 
-    /// Validation loss per language over the first eval batches, and with `analysis` the
-    /// mean loss per frequency group.
-    pub async fn validate(
-        &self,
-        be: &mut dyn Backend,
-        data: &Dataset,
-    ) -> Result<(Vec<(String, f32)>, Option<Vec<Option<f64>>>)> {
+    /// Validation losses per language and mixed like training (see [`Validation`]).
+    pub async fn validate(&self, be: &mut dyn Backend, data: &Dataset) -> Result<Validation> {
+        let (model, batches) = (&self.model, self.cfg.eval_batches);
         let mut groups = self.groups.as_ref().map(GroupSums::new);
-        let mut vals = Vec::new();
-        for (name, toks) in eval::languages(data, self.model.cfg.vocab_size) {
-            let l = eval::val_loss(
-                &self.model,
-                be,
-                &toks,
-                self.cfg.eval_batches,
-                groups.as_mut(),
-            )
-            .await?;
-            vals.push((name, l));
+        let mut languages = Vec::new();
+        for (name, toks) in eval::languages(data, model.cfg.vocab_size) {
+            let l = eval::val_loss(model, be, &toks, batches, groups.as_mut()).await?;
+            languages.push((name, l));
         }
-        Ok((vals, groups.map(|g| g.means())))
+        let mut rng = Rng::new(self.cfg.seed ^ VAL_SALT);
+        let mut total = 0.0f64;
+        for _ in 0..batches {
+            let (x, y) = data.val_batch(&mut rng, model.batch, model.cfg.block_size);
+            model.set_batch(be, &x, &y);
+            be.run(&[model.forward, model.eval_loss])?;
+            total += be.read_f32(model.acts.plain_loss).await?[0] as f64;
+        }
+        Ok(Validation {
+            languages,
+            mixed: (total / batches.max(1) as f64) as f32,
+            groups: groups.map(|g| g.means()),
+        })
     }
 
-    /// The checkpoint of the step reached.
+    /// The checkpoint of the step reached; its state names the best step so far.
     pub async fn checkpoint(&self, be: &mut dyn Backend, data: &Dataset) -> Result<Checkpoint> {
-        Checkpoint::take(
-            &self.model,
-            be,
-            &data.vocab,
-            &self.cfg,
-            self.step,
-            &self.rng,
-        )
-        .await
+        let (m, cfg) = (&self.model, &self.cfg);
+        let mut c = Checkpoint::take(m, be, &data.vocab, cfg, self.step, &self.rng).await?;
+        if let Some((step, val)) = self.best {
+            c.state.set_meta("best_step", step);
+            c.state.set_meta("best_val", val);
+        }
+        Ok(c)
     }
 }
 
@@ -268,6 +286,9 @@ pub trait Host {
     /// The gradient roles of a logged step (with `analysis`).
     fn log_roles(&mut self, step: u64, roles: &Roles) -> Result<()>;
     fn save(&mut self, c: &Checkpoint) -> Result<()>;
+    /// The model export of the step with the lowest mixed validation loss so far; called
+    /// before [`Host::save`] of the same step, whose state then names it.
+    fn save_best(&mut self, model: &TensorFile) -> Result<()>;
     /// A milestone worth a line (an evaluation, a resume).
     fn say(&mut self, msg: &str);
     /// The step reached, with the latest figures when there are new ones.
@@ -350,33 +371,46 @@ pub async fn run(
                 host.log_roles(step, &r)?;
             }
             // ---- evaluate
-            let (mut val_loss, mut groups) = (None, None);
+            let mut val = None;
             if eval_now {
-                let (vals, g) = t
+                let v = t
                     .validate(be, data)
                     .await
                     .map_err(|e| failed(e, host.kept(saved)))?;
-                let shown: Vec<String> = vals.iter().map(|(n, l)| format!("{n} {l:.4}")).collect();
+                let shown: Vec<String> = v
+                    .languages
+                    .iter()
+                    .map(|(n, l)| format!("{n} {l:.4}"))
+                    .collect();
                 host.say(&format!(
                     "step {step}: train loss {last_loss:.4}, val {}",
                     shown.join(", ")
                 ));
-                (val_loss, groups) = (Some(vals), g);
+                val = Some(v);
             }
             host.log(&LogLine {
                 step,
                 loss: last_loss,
                 lr,
                 tokens_per_s: tps,
-                val_loss,
-                groups,
+                val_loss: val.as_ref().map(|v| v.languages.clone()),
+                val_mixed: val.as_ref().map(|v| v.mixed),
+                groups: val.as_ref().and_then(|v| v.groups.clone()),
             })?;
-            // ---- checkpoint
-            if eval_now {
-                let c = t
-                    .checkpoint(be, data)
-                    .await
-                    .map_err(|e| failed(e, host.kept(saved)))?;
+            // ---- checkpoint (the best one first: the state names it)
+            if let Some(v) = val {
+                let improved = t.best.is_none_or(|(_, b)| v.mixed < b);
+                if improved {
+                    t.best = Some((step, v.mixed));
+                }
+                let fail = |e| failed(e, host.kept(saved));
+                let c = t.checkpoint(be, data).await.map_err(fail)?;
+                if improved {
+                    let mut best = c.model.clone();
+                    best.set_meta("val_mixed", v.mixed);
+                    host.save_best(&best)
+                        .map_err(|e| failed(e, host.kept(saved)))?;
+                }
                 host.save(&c).map_err(|e| failed(e, host.kept(saved)))?;
                 saved = Some(step);
             }
