@@ -356,20 +356,93 @@ pub fn training_seconds_of(dir: &Path, cfg: &TrainConfig) -> f64 {
 /// Writes `report.md`, `results.json` and `plots/` under `x.out`; `missing` lists the jobs
 /// that have not finished.
 pub fn write(x: &Experiment, evals: &[RunEval], missing: &[String], command: &str) -> Result<()> {
-    let mut adapters: Vec<&str> = evals.iter().map(|e| e.adapter.as_str()).collect();
-    adapters.sort_unstable();
-    adapters.dedup();
-    let adapter = adapters.join("; ");
     let out = &x.out;
     let plots = out.join("plots");
     crate::fsio::create_dir(&plots, "plots folder")?;
     let res = results(x, evals);
     let gs = groups(x, evals);
-    let base = &x.base;
+    let logs: Vec<Vec<RunLogs>> = gs
+        .iter()
+        .map(|g| {
+            g.evals
+                .iter()
+                .map(|e| read_logs(&job_dir(out, &g.spec, e.seed)))
+                .collect()
+        })
+        .collect::<Result<_>>()?;
+    let mut md = String::new();
+    header(&mut md, x, evals, missing, command)?;
+    results_table(&mut md, &res)?;
+    paired_table(&mut md, &res)?;
+    writeln!(md, "\n## The paper's claim\n")?;
+    writeln!(md, "{}", verdict(x, evals))?;
+    seeds_table(&mut md, x, &gs)?;
+    analysis_table(&mut md, x, evals, &gs, &logs)?;
+    writeln!(md, "\n## Plots\n")?;
+    draw_plots(&plots, x, &gs, &logs)?;
+    for (file, caption) in PLOTS {
+        writeln!(md, "![{caption}](plots/{file}.png)\n")?;
+        writeln!(md, "*{caption}* ([SVG](plots/{file}.svg))\n")?;
+    }
+    crate::fsio::write_atomic(&out.join("report.md"), md.as_bytes())?;
+    let json = serde_json::json!({
+        "command": command,
+        "adapter": adapters(evals),
+        "seeds": x.seeds,
+        "checkpoint": x.pick,
+        "not_finished": missing,
+        "runs": res,
+        "evaluations": evals,
+    });
+    crate::fsio::write_atomic(
+        &out.join("results.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )
+}
+
+/// The adapters that trained the runs.
+fn adapters(evals: &[RunEval]) -> String {
+    let mut a: Vec<&str> = evals.iter().map(|e| e.adapter.as_str()).collect();
+    a.sort_unstable();
+    a.dedup();
+    a.join("; ")
+}
+
+/// The plots, with their captions.
+const PLOTS: [(&str, &str); 5] = [
+    (
+        "lr_best_by_run",
+        "Low-resource best perplexity per run: every seed, the mean and its 95% interval",
+    ),
+    (
+        "ppl_vs_temperature",
+        "Perplexity against temperature, per language: mean over seeds with its 95% band",
+    ),
+    (
+        "loss_curves",
+        "Training loss (the run's own loss) and validation cross-entropy, first seed",
+    ),
+    (
+        "frequency_groups",
+        "Validation cross-entropy per token-frequency group over training, first seed",
+    ),
+    (
+        "gradient_roles",
+        "Gradient roles of each token's embedding against its training frequency, first seed",
+    ),
+];
+
+/// The title, the command, the setting, and what has not finished.
+fn header(
+    md: &mut String,
+    x: &Experiment,
+    evals: &[RunEval],
+    missing: &[String],
+    command: &str,
+) -> Result<()> {
+    let (base, adapter) = (&x.base, adapters(evals));
     let m = &base.model;
     let seeds = x.seeds.len();
-
-    let mut md = String::new();
     writeln!(
         md,
         "# Threshold cross-entropy (\"selfish tokens\"): experiment report\n"
@@ -412,6 +485,11 @@ pub fn write(x: &Experiment, evals: &[RunEval], missing: &[String], command: &st
         writeln!(md)?;
     }
 
+    Ok(())
+}
+
+/// Per run: every metric's mean and interval, the paper's figure beside it.
+fn results_table(md: &mut String, res: &[RunResult]) -> Result<()> {
     writeln!(md, "## Results\n")?;
     writeln!(
         md,
@@ -424,7 +502,7 @@ pub fn write(x: &Experiment, evals: &[RunEval], missing: &[String], command: &st
         "| run | seeds | LR ppl | LR best | at T | HR ppl | HR best | LR acc |"
     )?;
     writeln!(md, "|---|---|---|---|---|---|---|---|")?;
-    for r in &res {
+    for r in res {
         let cell = |metric: Metric, d: usize| {
             let ours = r
                 .metrics
@@ -454,6 +532,11 @@ pub fn write(x: &Experiment, evals: &[RunEval], missing: &[String], command: &st
         )?;
     }
 
+    Ok(())
+}
+
+/// Per run: the paired differences against plain and their verdicts.
+fn paired_table(md: &mut String, res: &[RunResult]) -> Result<()> {
     writeln!(md, "\n## Against plain cross-entropy, seed by seed\n")?;
     writeln!(
         md,
@@ -465,7 +548,7 @@ pub fn write(x: &Experiment, evals: &[RunEval], missing: &[String], command: &st
         "| run | LR best − plain | 95% interval | LR | HR best − plain | 95% interval | HR |"
     )?;
     writeln!(md, "|---|---|---|---|---|---|---|")?;
-    for r in &res {
+    for r in res {
         let (Some(lr), Some(hr)) = (&r.vs_plain_lr_best, &r.vs_plain_hr_best) else {
             continue;
         };
@@ -484,9 +567,12 @@ pub fn write(x: &Experiment, evals: &[RunEval], missing: &[String], command: &st
         )?;
     }
 
-    writeln!(md, "\n## The paper's claim\n")?;
-    writeln!(md, "{}", verdict(x, evals))?;
+    Ok(())
+}
 
+/// Every seed's best perplexities.
+fn seeds_table(md: &mut String, x: &Experiment, gs: &[Group]) -> Result<()> {
+    let seeds = x.seeds.len();
     writeln!(md, "\n## Every seed\n")?;
     writeln!(
         md,
@@ -498,7 +584,7 @@ pub fn write(x: &Experiment, evals: &[RunEval], missing: &[String], command: &st
     }
     writeln!(md)?;
     writeln!(md, "|---|{}", "---|".repeat(seeds))?;
-    for g in &gs {
+    for g in gs {
         write!(md, "| {} |", g.spec.name())?;
         for &s in &x.seeds {
             let e = g.evals.iter().find(|e| e.seed == s);
@@ -514,18 +600,21 @@ pub fn write(x: &Experiment, evals: &[RunEval], missing: &[String], command: &st
         writeln!(md)?;
     }
 
+    Ok(())
+}
+
+/// Gradient roles and isotropy, means over seeds.
+fn analysis_table(
+    md: &mut String,
+    x: &Experiment,
+    evals: &[RunEval],
+    gs: &[Group],
+    logs: &[Vec<RunLogs>],
+) -> Result<()> {
+    let m = &x.base.model;
     // Analysis: means over seeds of the gradient roles and isotropy.
     let two = evals.iter().any(|e| e.lang("shifted").is_some());
     let v = if two { m.vocab_size / 2 } else { m.vocab_size };
-    let logs: Vec<Vec<RunLogs>> = gs
-        .iter()
-        .map(|g| {
-            g.evals
-                .iter()
-                .map(|e| read_logs(&job_dir(out, &g.spec, e.seed)))
-                .collect()
-        })
-        .collect::<Result<_>>()?;
     writeln!(
         md,
         "\n## Analysis\n\nGradient roles of the tied embedding (mean over logged steps and \
@@ -538,7 +627,7 @@ pub fn write(x: &Experiment, evals: &[RunEval], missing: &[String], command: &st
         "| run | own signal, HR | own signal, LR | isotropy base | isotropy shifted | training time per seed |"
     )?;
     writeln!(md, "|---|---|---|---|---|---|")?;
-    for (g, lg) in gs.iter().zip(&logs) {
+    for (g, lg) in gs.iter().zip(logs) {
         let ratio = |range: std::ops::Range<usize>| {
             let vals: Vec<f64> = lg
                 .iter()
@@ -574,47 +663,7 @@ pub fn write(x: &Experiment, evals: &[RunEval], missing: &[String], command: &st
         )?;
     }
 
-    writeln!(md, "\n## Plots\n")?;
-    draw_plots(&plots, x, &gs, &logs)?;
-    for (file, caption) in [
-        (
-            "lr_best_by_run",
-            "Low-resource best perplexity per run: every seed, the mean and its 95% interval",
-        ),
-        (
-            "ppl_vs_temperature",
-            "Perplexity against temperature, per language: mean over seeds with its 95% band",
-        ),
-        (
-            "loss_curves",
-            "Training loss (the run's own loss) and validation cross-entropy, first seed",
-        ),
-        (
-            "frequency_groups",
-            "Validation cross-entropy per token-frequency group over training, first seed",
-        ),
-        (
-            "gradient_roles",
-            "Gradient roles of each token's embedding against its training frequency, first seed",
-        ),
-    ] {
-        writeln!(md, "![{caption}](plots/{file}.png)\n")?;
-        writeln!(md, "*{caption}* ([SVG](plots/{file}.svg))\n")?;
-    }
-    crate::fsio::write_atomic(&out.join("report.md"), md.as_bytes())?;
-    let json = serde_json::json!({
-        "command": command,
-        "adapter": adapter,
-        "seeds": x.seeds,
-        "checkpoint": x.pick,
-        "not_finished": missing,
-        "runs": res,
-        "evaluations": evals,
-    });
-    crate::fsio::write_atomic(
-        &out.join("results.json"),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
-    )
+    Ok(())
 }
 
 fn mean_fmt(vals: &[f64], digits: usize) -> String {
@@ -626,6 +675,26 @@ fn mean_fmt(vals: &[f64], digits: usize) -> String {
 }
 
 fn draw_plots(plots: &Path, x: &Experiment, gs: &[Group], logs: &[Vec<RunLogs>]) -> Result<()> {
+    plot_lr_best(plots, gs)?;
+    let languages: Vec<String> = gs
+        .first()
+        .and_then(|g| g.evals.first())
+        .map(|e| e.languages.iter().map(|l| l.language.clone()).collect())
+        .unwrap_or_default();
+    plot_temperature(plots, gs, &languages)?;
+    // The first seed's logs for the curves and per-token plots.
+    let first: Vec<(&Group, &RunLogs)> = gs
+        .iter()
+        .zip(logs)
+        .filter_map(|(g, l)| l.first().map(|l| (g, l)))
+        .collect();
+    plot_curves(plots, &first, &languages)?;
+    plot_groups(plots, &first)?;
+    plot_roles(plots, &first, x.base.low_resource_prob)
+}
+
+/// Low-resource best perplexity per run: every seed, the mean and its interval.
+fn plot_lr_best(plots: &Path, gs: &[Group]) -> Result<()> {
     // low-resource best perplexity per run, every seed and the interval
     let rows: Vec<Interval> = gs
         .iter()
@@ -651,12 +720,11 @@ fn draw_plots(plots: &Path, x: &Experiment, gs: &[Group], logs: &[Vec<RunLogs>])
         )?;
     }
 
-    let languages: Vec<String> = gs
-        .first()
-        .and_then(|g| g.evals.first())
-        .map(|e| e.languages.iter().map(|l| l.language.clone()).collect())
-        .unwrap_or_default();
-    // perplexity against temperature: the mean over seeds with a 95% band
+    Ok(())
+}
+
+/// Perplexity against temperature: the mean over seeds with a 95% band.
+fn plot_temperature(plots: &Path, gs: &[Group], languages: &[String]) -> Result<()> {
     let panels: Vec<Panel> = languages
         .iter()
         .map(|name| {
@@ -715,12 +783,11 @@ fn draw_plots(plots: &Path, x: &Experiment, gs: &[Group], logs: &[Vec<RunLogs>])
         &panels,
     )?;
 
-    // The first seed's logs for the curves and per-token plots.
-    let first: Vec<(&Group, &RunLogs)> = gs
-        .iter()
-        .zip(logs)
-        .filter_map(|(g, l)| l.first().map(|l| (g, l)))
-        .collect();
+    Ok(())
+}
+
+/// Training and validation loss over steps, first seed.
+fn plot_curves(plots: &Path, first: &[(&Group, &RunLogs)], languages: &[String]) -> Result<()> {
     let line = |name: String, points: Vec<(f64, f64)>, color: usize| Series {
         name,
         points,
@@ -746,7 +813,7 @@ fn draw_plots(plots: &Path, x: &Experiment, gs: &[Group], logs: &[Vec<RunLogs>])
             .collect(),
         ..Default::default()
     }];
-    for name in &languages {
+    for name in languages {
         panels.push(Panel {
             title: format!("validation cross-entropy, {name}"),
             x_label: "step".into(),
@@ -776,7 +843,11 @@ fn draw_plots(plots: &Path, x: &Experiment, gs: &[Group], logs: &[Vec<RunLogs>])
         &panels,
     )?;
 
-    // frequency groups, one panel per run
+    Ok(())
+}
+
+/// Validation loss per token-frequency group over training, one panel per run.
+fn plot_groups(plots: &Path, first: &[(&Group, &RunLogs)]) -> Result<()> {
     let panels: Vec<Panel> = first
         .iter()
         .enumerate()
@@ -826,8 +897,11 @@ fn draw_plots(plots: &Path, x: &Experiment, gs: &[Group], logs: &[Vec<RunLogs>])
         &panels,
     )?;
 
-    // gradient roles, one panel per run
-    let p = x.base.low_resource_prob;
+    Ok(())
+}
+
+/// The tied embedding's gradient roles per token against its frequency, one panel per run.
+fn plot_roles(plots: &Path, first: &[(&Group, &RunLogs)], p: f64) -> Result<()> {
     let panels: Vec<Panel> = first
         .iter()
         .map(|(g, lg)| {
