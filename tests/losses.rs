@@ -57,16 +57,16 @@ fn cross_entropy(
     let cols = logits.len() / rows;
     let [l, t, losses, d] = alloc_batch(be, logits, targets);
     let seq = be
-        .compile(vec![CrossEntropy {
-            rows: rows as u32,
-            cols: cols as u32,
+        .compile(vec![CrossEntropy::new(
+            rows as u32,
+            cols as u32,
             keep,
-            scale: 1.0 / rows as f32,
-            logits: l,
-            targets: t,
+            1.0 / rows as f32,
+            l,
+            t,
             losses,
-            dlogits: d,
-        }
+            d,
+        )
         .op()])
         .unwrap();
     be.run(&[seq]).unwrap();
@@ -109,6 +109,7 @@ fn sampled_with_table(
             cols: cols as u32,
             k,
             scale,
+            logit_scale: 1.0,
             logits: l,
             targets: t,
             cdf,

@@ -15,7 +15,7 @@ use crate::analysis::{roles, FreqGroups, Roles, StepBuffers};
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::Dataset;
 use crate::eval::{self, GroupSums};
-use crate::loss::{noise_weights, Loss};
+use crate::loss::{noise_weights, Loss, LossState};
 use crate::model::{init_params, Gpt, GptConfig, OptConfig};
 use crate::rng::Rng;
 use crate::runlog::LogLine;
@@ -81,7 +81,9 @@ impl TrainConfig {
                 self.low_resource_prob
             );
         }
-        Ok(())
+        self.loss
+            .plan(self.model.vocab_size)?
+            .check_rows(self.batch_size * self.model.block_size)
     }
 
     /// The last step this session trains to.
@@ -118,6 +120,8 @@ pub struct Trainer {
     /// Steps completed.
     pub step: u64,
     rng: Rng,
+    /// What the loss carries from step to step (AGG's count window).
+    pub loss_state: LossState,
     /// With `analysis`: the training text's characters ranked into groups of 10.
     pub groups: Option<FreqGroups>,
 }
@@ -161,6 +165,7 @@ impl Trainer {
         }
         t.step = r.step;
         t.rng = r.rng;
+        t.loss_state.restore(state)?;
         Ok(t)
     }
 
@@ -179,11 +184,13 @@ impl Trainer {
         let groups = cfg
             .analysis
             .then(|| FreqGroups::new(&data.train, v, cfg.model.vocab_size == 2 * v, 10));
+        let loss_state = LossState::new(&model.loss_plan, cfg.model.vocab_size);
         Ok(Trainer {
             model,
             cfg: cfg.clone(),
             step: 0,
             rng: Rng::new(cfg.seed.wrapping_add(0x5e1f)),
+            loss_state,
             groups,
         })
     }
@@ -195,6 +202,7 @@ impl Trainer {
         let (x, y) = data.sample_batch(&mut self.rng, b, t);
         let lr = lr_at(&self.cfg, self.step);
         self.model.set_batch(be, &x, &y);
+        self.loss_state.before_step(&self.model.loss_bufs, be, &y);
         self.model.set_step(be, lr, self.step + 1);
         self.model.train_step(be)?;
         self.step += 1;
@@ -251,7 +259,7 @@ impl Trainer {
             &data.vocab,
             &self.cfg,
             self.step,
-            &self.rng,
+            (&self.rng, &self.loss_state),
         )
         .await
     }
