@@ -34,7 +34,8 @@ pub struct RunEval {
     pub config: serde_json::Value,
     /// Per language: metrics and (temperature, perplexity) over the sweep.
     pub languages: Vec<LangEval>,
-    /// Isotropy of each alphabet's rows of the tied embedding.
+    /// Isotropy of each alphabet's rows of `wte` (`base`, `shifted`) and, when the head is
+    /// untied, of `lm_head` (`lm_head base`, `lm_head shifted`).
     pub isotropy: Vec<(String, f64)>,
     pub train_seconds: f64,
 }
@@ -164,11 +165,19 @@ pub fn run_one(
             ppl_by_temperature,
         })
         .collect();
-    let wte = be.read_now(model.params.wte)?;
     let (v, c) = (vocab.len(), model.cfg.n_embd);
-    let mut iso = vec![("base".to_string(), isotropy(&wte[..v * c], v, c))];
-    if model.cfg.vocab_size == 2 * v {
-        iso.push(("shifted".to_string(), isotropy(&wte[v * c..], v, c)));
+    let mut iso = Vec::new();
+    let tables = [
+        ("", Some(model.params.wte)),
+        ("lm_head ", model.params.lm_head),
+    ];
+    for (prefix, buf) in tables {
+        let Some(buf) = buf else { continue };
+        let w = be.read_now(buf)?;
+        iso.push((format!("{prefix}base"), isotropy(&w[..v * c], v, c)));
+        if model.cfg.vocab_size == 2 * v {
+            iso.push((format!("{prefix}shifted"), isotropy(&w[v * c..], v, c)));
+        }
     }
     let ev = RunEval {
         name: run_name(&cfg.loss),

@@ -1340,6 +1340,25 @@ mod tests {
             ("sampled:4+counterpart", "combines with nothing"),
             ("hard:2+hard:3", "twice"),
             ("", "unknown loss"),
+            ("agg:0.02", "agg takes 2 value(s): agg:A:K"),
+            ("cosreg:-1", "cosreg's G must be a finite number >= 0"),
+            ("softminus:0", "softminus's C must be a finite number > 0"),
+            ("softminus:2", "softminus:C needs a margin: add one of margin:M, margin-w:A"),
+            ("detach-under", "detach-under needs a margin"),
+            ("margin:1+detach-threshold", "detach-threshold needs softminus:C"),
+            ("cwt+margin:1", "cwt combines with nothing but logit-scale:S"),
+            ("margin:1+cosreg:1", "cosreg:G combines with nothing but logit-scale:S"),
+            ("agg:0.1:5+sampled:3", "agg:A:K combines with nothing"),
+            ("margin:1+margin-h:1", "margin:M and margin-h:A both set the margin"),
+            (
+                "margin:1+softminus:1+detach-under",
+                "softminus:C and detach-under do not combine: softminus:C combines with margin:M, margin-w:A, margin-h:A, margin-wh:A, detach-threshold, logit-scale:S",
+            ),
+            ("hard:3+margin:1+softminus:1", "hard:K and softminus:C do not combine"),
+            ("adv:NaN", "adv's A must be a finite number >= 0"),
+            ("logit-scale:0", "logit-scale's S must be a finite number > 0"),
+            ("logit-scale:inf", "logit-scale's S must be"),
+            ("cwt:1", "cwt takes no value"),
         ] {
             let e = Loss::parse(s).unwrap_err().to_string();
             assert!(e.contains(needle), "{s}: {e}");
@@ -1349,6 +1368,136 @@ mod tests {
             );
             assert!(!e.contains('\n'), "{e}");
         }
+    }
+
+    #[test]
+    fn new_forms_plan_what_their_kernels_need() {
+        let p = plan("margin:2+softminus:5+detach-threshold", 130);
+        assert_eq!(p.keep.margin, Some(2.0));
+        assert_eq!(
+            (p.shaping.softminus, p.shaping.detach_threshold),
+            (Some(5.0), true)
+        );
+        let p = plan("margin:1+detach-under+logit-scale:0.46", 130);
+        assert!(p.shaping.detach_under);
+        assert_eq!(p.shaping.logit_scale, 0.46);
+        for (s, w, h) in [
+            ("margin-w:4", true, false),
+            ("margin-h:0.25", false, true),
+            ("margin-wh:0.5", true, true),
+        ] {
+            let p = plan(s, 130);
+            assert_eq!(p.shaping.per_row, PerRow::Margin, "{s}");
+            let n = p.norms.unwrap();
+            assert_eq!((n.table, n.w, n.h), (Table::Head, w, h), "{s}");
+            assert_eq!(p.keep.margin, None);
+        }
+        let p = plan("adv:0.005", 130);
+        assert_eq!(p.shaping.per_row, PerRow::TargetOffset);
+        assert_eq!(p.norms.unwrap().table, Table::Wte);
+        assert_eq!(plan("cwt", 130).head, Head::Cwt);
+        assert_eq!(plan("cosreg:1", 130).cosreg, Some(1.0));
+        assert_eq!(plan("agg:0.02:1600", 130).agg, Some((0.02, 1600)));
+        // Canonical order, and every spelling reads back as itself.
+        for (given, canonical) in [
+            (
+                "detach-threshold+softminus:5+margin:2",
+                "margin:2+softminus:5+detach-threshold",
+            ),
+            ("detach-under+margin:2", "margin:2+detach-under"),
+            ("logit-scale:0.46+margin:1", "margin:1+logit-scale:0.46"),
+            ("logit-scale:2+sampled:4", "sampled:4+logit-scale:2"),
+            (
+                "margin-wh:0.3+hard:4+counterpart",
+                "hard:4+counterpart+margin-wh:0.3",
+            ),
+            ("agg:0.3:2", "agg:0.3:2"),
+            ("cwt+logit-scale:0.5", "cwt+logit-scale:0.5"),
+        ] {
+            let l = Loss::parse(given).unwrap();
+            assert_eq!(l.to_string(), canonical);
+            assert_eq!(Loss::parse(canonical).unwrap(), l);
+        }
+        assert_eq!(Loss::parse("margin:1").unwrap().logit_scale(), 1.0);
+        assert!(Loss::parse("cwt")
+            .unwrap()
+            .plan(130)
+            .unwrap()
+            .check_rows(LOOP_LIMIT as usize + 1)
+            .unwrap_err()
+            .to_string()
+            .contains("--batch-size"));
+    }
+
+    #[test]
+    fn flags_complete_the_loss() {
+        let l = Loss::from_flags("softminus:5+detach-threshold", Some(2.0), Some(0.5)).unwrap();
+        assert_eq!(
+            l.to_string(),
+            "margin:2+softminus:5+detach-threshold+logit-scale:0.5"
+        );
+        assert_eq!(
+            Loss::from_flags("margin:1+logit-scale:0.5", None, Some(0.5)).unwrap(),
+            Loss::parse("margin:1+logit-scale:0.5").unwrap()
+        );
+        for (loss, margin, scale, needle) in [
+            ("softminus:5", None, None, "needs a margin"),
+            ("margin-w:1", Some(1.0), None, "give the margin once"),
+            ("logit-scale:2", None, Some(0.5), "give the scale once"),
+            ("cwt", Some(1.0), None, "drop --margin"),
+        ] {
+            let e = Loss::from_flags(loss, margin, scale)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{loss}: {e}");
+        }
+        assert_eq!(
+            Loss::from_flags("cwt", None, Some(0.46))
+                .unwrap()
+                .to_string(),
+            "cwt+logit-scale:0.46"
+        );
+    }
+
+    #[test]
+    fn agg_window_counts_slide_and_gate() {
+        // Three tokens; K = 2 steps; A = 1.5 per step.
+        let mut w = AggWindow::new(1.5, 2, 3);
+        w.push(&[0, 0, 0, 1]);
+        let g = w.gates();
+        // counts (3, 1, 0) over 1 step: 1 and 2 are rare; mean rare count 0.5.
+        assert_eq!(g.rare, vec![false, true, true]);
+        assert_eq!(g.common, vec![1.0, 1.0, 0.0]);
+        assert_eq!(g.rare_target, vec![1.0, 1.0, 0.0]);
+        w.push(&[2, 2, 0, 1]);
+        // counts (4, 2, 2) over 2 steps: f = (2, 1, 1).
+        let g = w.gates();
+        assert_eq!(g.rare, vec![false, true, true]);
+        assert_eq!(g.common, vec![1.0, 1.0, 1.0]);
+        w.push(&[0, 0, 0, 0]);
+        // The first step left: counts (5, 1, 2), f = (2.5, 0.5, 1).
+        assert_eq!(w.counts, vec![5, 1, 2]);
+        let g = w.gates();
+        assert_eq!(g.common, vec![1.0, 0.5, 1.0]);
+        // mean rare count 1.5: 1/1.5 and min(1, 2/1.5).
+        assert!((g.rare_target[1] - 2.0 / 3.0).abs() < 1e-6);
+        assert_eq!(g.rare_target[2], 1.0);
+        // The window survives a state file.
+        let state = LossState {
+            agg: Some(w.clone()),
+        };
+        let mut f = TensorFile::new();
+        for t in state.tensors() {
+            f.push(t);
+        }
+        let mut back = LossState::new(&plan("agg:1.5:2", 3), 3);
+        back.restore(&f).unwrap();
+        assert_eq!(back, state);
+        assert!(LossState::new(&plan("agg:1.5:2", 3), 3)
+            .restore(&TensorFile::new())
+            .unwrap_err()
+            .to_string()
+            .contains("loss.agg.window"));
     }
 
     #[test]
@@ -1404,7 +1553,9 @@ mod tests {
     fn help_lists_every_term() {
         let h = help();
         for t in TERMS {
-            assert!(h.contains(&format!("{}:", spelling(t))), "{h}");
+            assert!(h.contains(&format!("\n{}: ", spelling(t))), "{h}");
+            // ... and says what it combines with.
+            assert!(h.lines().last().unwrap().contains(&spelling(t)), "{h}");
         }
     }
 

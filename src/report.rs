@@ -227,7 +227,7 @@ pub fn write(
         "\nGradient roles of the tied embedding (mean over logged steps): own signal = \
          (context alignment + target alignment) / non-target marginalization, summed over an \
          alphabet's tokens. Isotropy: min/max of the partition function over the eigenvectors \
-         of WᵀW (1 = even spread).\n"
+         of WᵀW (1 = even spread), of wte, and of lm_head in parentheses when the head is untied.\n"
     )?;
     writeln!(
         md,
@@ -243,7 +243,11 @@ pub fn write(
                 format!("{:.3}", own_signal_ratio(&r, range))
             }
         };
-        let iso = |name: &str| fmt_opt(e.isotropy.iter().find(|(n, _)| n == name).map(|x| x.1), 3);
+        let find = |name: &str| e.isotropy.iter().find(|(n, _)| n == name).map(|x| x.1);
+        let iso = |name: &str| match find(&format!("lm_head {name}")) {
+            Some(head) => format!("{} (head {head:.3})", fmt_opt(find(name), 3)),
+            None => fmt_opt(find(name), 3),
+        };
         writeln!(
             md,
             "| {} | {} | {} | {} | {} | {:.0} s |",

@@ -182,6 +182,101 @@ fn train_eval_sample_end_to_end() {
     assert_clean_error(&selfish(&other), "resume with the same loss");
 }
 
+/// The paper's options through the command line: an untied head, a logit scale and AGG's
+/// window on the low-resource language alone (its short schedule), stopped and resumed, then
+/// evaluated; resuming with other options is refused.
+#[test]
+fn baselines_train_with_their_options_resume_and_evaluate() {
+    let dir = common::tempdir("baselines");
+    let data = corpus(&dir);
+    let out = dir.join("run");
+    let small = common::tiny_model("4");
+    let mut args = vec![
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--steps",
+        "8",
+        "--warmup",
+        "2",
+        "--eval-interval",
+        "0",
+        "--eval-batches",
+        "2",
+        "--log-interval",
+        "2",
+        "--low-resource-prob",
+        "1",
+        "--loss",
+        "agg:0.3:3",
+        "--logit-scale",
+        "0.46",
+        "--untied",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(small.iter().copied());
+    let mut first = args.clone();
+    first.extend(["--stop-after", "4"]);
+    let o = selfish(&first);
+    assert!(o.status.success(), "train failed: {}", text(&o).1);
+    assert!(text(&o)
+        .1
+        .contains("loss agg:0.3:3+logit-scale:0.46, untied head"));
+    let state = selfish::tensorfile::load(&out.join("state.safetensors")).unwrap();
+    let (shape, _) = state.get_i32("loss.agg.window").unwrap();
+    assert_eq!(shape[0], 3, "after 4 steps the window holds K = 3");
+    let mut resumed = args.clone();
+    resumed.push("--resume");
+    let o = selfish(&resumed);
+    assert!(o.status.success(), "resume failed: {}", text(&o).1);
+    let model = out.join("model.safetensors");
+    let m = selfish::tensorfile::load(&model).unwrap();
+    assert_eq!(m.meta("loss").unwrap(), "agg:0.3:3+logit-scale:0.46");
+    assert_eq!(m.meta("logit_scale").unwrap(), "0.46");
+    assert_eq!(m.meta("untied").unwrap(), "true");
+    assert!(m.get("lm_head.weight").is_some());
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics.lines().last().unwrap().contains("\"step\":8"),
+        "{metrics}"
+    );
+
+    let o = selfish(&[
+        "eval",
+        "--checkpoint",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        o.status.success(),
+        "eval of an untied model failed: {}",
+        text(&o).1
+    );
+    let v: serde_json::Value = serde_json::from_str(&text(&o).0).unwrap();
+    assert!(v["shifted"]["ppl"].as_f64().unwrap() > 1.0, "{v}");
+
+    let refused = |from: &str, to: Option<&str>, needle: &str| {
+        let mut other: Vec<&str> = resumed.clone();
+        let i = other.iter().position(|&a| a == from).unwrap();
+        match to {
+            Some(t) => other[i] = t,
+            None => {
+                other.remove(i);
+            }
+        }
+        assert_clean_error(&selfish(&other), needle);
+    };
+    refused("0.46", Some("0.5"), "resume with the same loss");
+    refused(
+        "--untied",
+        None,
+        "an untied head in the checkpoint, the tied head asked for",
+    );
+}
+
 #[test]
 fn bad_input_gives_one_line_errors() {
     let dir = common::tempdir("errors");
@@ -204,6 +299,20 @@ fn bad_input_gives_one_line_errors() {
         ("hard:0", "K must be"),
         ("sampled:x", "K must be"),
         ("hinge", "unknown loss"),
+        ("agg:0.02", "agg takes 2 value(s): agg:A:K"),
+        ("cosreg:-1", "cosreg's G must be a finite number >= 0"),
+        ("softminus:0", "softminus's C must be a finite number > 0"),
+        ("softminus:2", "softminus:C needs a margin"),
+        ("detach-under", "detach-under needs a margin"),
+        (
+            "cwt+margin:1",
+            "cwt combines with nothing but logit-scale:S",
+        ),
+        ("adv:NaN", "adv's A must be a finite number >= 0"),
+        (
+            "margin:1+softminus:NaN",
+            "softminus's C must be a finite number > 0",
+        ),
     ] {
         assert_clean_error(&selfish(&["train", "--data", d, "--loss", loss]), needle);
         assert_clean_error(
@@ -214,6 +323,39 @@ fn bad_input_gives_one_line_errors() {
     assert_clean_error(
         &selfish(&["train", "--data", d, "--loss", "sampled:4", "--margin", "1"]),
         "drop --margin",
+    );
+    for scale in ["0", "-1", "NaN", "inf"] {
+        assert_clean_error(
+            &selfish(&["train", "--data", d, "--logit-scale", scale]),
+            "expected a finite number > 0",
+        );
+    }
+    assert_clean_error(
+        &selfish(&[
+            "train",
+            "--data",
+            d,
+            "--loss",
+            "logit-scale:2",
+            "--logit-scale",
+            "0.5",
+        ]),
+        "give the scale once",
+    );
+    // --margin completes a term that needs one.
+    assert_clean_error(
+        &selfish(&[
+            "train",
+            "--data",
+            d,
+            "--loss",
+            "softminus:2",
+            "--margin",
+            "1",
+            "--lr",
+            "0",
+        ]),
+        "learning rate",
     );
     assert_clean_error(
         &selfish(&[

@@ -167,6 +167,36 @@ fn experiment_runs_resumes_and_reports() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// An untied run reports the isotropy of both tables, and the report shows both.
+#[test]
+fn untied_runs_report_the_isotropy_of_both_tables() {
+    let data = Dataset::from_text(&common::synthetic_text(30_000, 5), 0.2).unwrap();
+    let out = common::tempdir("untied");
+    let mut cfg = base(&data);
+    cfg.model.untied = true;
+    cfg.steps = 6;
+    cfg.analysis = true;
+    let losses = [Loss::parse("margin:1+logit-scale:0.46").unwrap()];
+    let mut gpu = GpuBackend::open(None).expect("a GPU adapter (CI installs Mesa's lavapipe)");
+    let evals = experiment::run(&mut gpu, &data, &cfg, &losses, &out, "test", false)
+        .unwrap()
+        .expect("finished");
+    let names: Vec<&str> = evals[0].isotropy.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["base", "shifted", "lm_head base", "lm_head shifted"]
+    );
+    assert!(evals[0].isotropy.iter().all(|(_, x)| *x > 0.0 && *x <= 1.0));
+    assert_ne!(evals[0].isotropy[0].1, evals[0].isotropy[2].1);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("| margin-1+logit-scale-0.46 | "),
+        "{report}"
+    );
+    assert!(report.contains(" (head 0."), "{report}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 #[test]
 fn bad_margins_are_one_line_errors() {
     let o = Command::new(env!("CARGO_BIN_EXE_selfish"))
