@@ -23,8 +23,11 @@
 //   g_j = exp(u_j - mx) / Z - [j == t]                           (d loss / d u_j)
 //   dlogits[r, j] = scale * S * g_j * du_j/dv_j                  for j in K_r, else 0
 //   du_j/dv_j = 1, or 1 + 1/q_j with q_j = exp(a_j) - 1 under the soft threshold (0 at the floor)
-// The soft threshold's τ = v_t - m_r moves with the target unless detach_tau: then
-//   dlogits[r, t] += scale * S * sum_{j in K_r} g_j * (1 - du_j/dv_j).
+// The soft threshold's τ = v_t - m_r moves with the target unless detach_tau; then the
+// scores depend on v - v_t only, so the target's gradient is minus the others' sum:
+//   dlogits[r, t] = -scale * S * sum_{j in K_r, j != t} g_j * du_j/dv_j
+// (the same as adding sum_j g_j (1 - du_j/dv_j) through τ, without the cancellation
+// against the target's own slope, which is large when the margin is small).
 // detach_under: every non-target stays in the softmax (the margin does not mask) but entries
 // with v_j < thr get dlogits 0. scale is 1 / (rows averaged), so dlogits is the gradient of
 // the mean loss; the target offset's own gradient is -dlogits[r, t] (see `row_norms`).
@@ -190,14 +193,14 @@ fn g_at(r: Row, j: u32, u: f32, mx: f32, inv: f32) -> f32 {
     return g;
 }
 
-// The soft threshold's part of d loss / d v_t, summed by this invocation over its entries.
-fn tau_part(r: Row, j: u32, mx: f32, inv: f32) -> f32 {
+// This invocation's part of the non-targets' sum of g_j * du_j/dv_j.
+fn others_part(r: Row, j: u32, mx: f32, inv: f32) -> f32 {
     let v = value_at(r, j);
-    if (!kept_at(r, j, v)) {
+    if (j == r.t || !kept_at(r, j, v)) {
         return 0.0;
     }
     let s = score(r, v);
-    return g_at(r, j, s.x, mx, inv) * (1.0 - s.y);
+    return g_at(r, j, s.x, mx, inv) * s.y;
 }
 
 // Whether the soft threshold's gradient reaches the target.
@@ -205,16 +208,18 @@ fn tau_flows() -> bool {
     return p.soft_c > 0.0 && p.detach_tau == 0u;
 }
 
-// dlogits of one entry, given the row's max, 1 / Z and the threshold's gradient.
-fn grad_at(r: Row, j: u32, mx: f32, inv: f32, tau_g: f32) -> f32 {
+// dlogits of one entry, given the row's max, 1 / Z and the non-targets' sum.
+fn grad_at(r: Row, j: u32, mx: f32, inv: f32, others: f32) -> f32 {
     let v = value_at(r, j);
     if (!kept_at(r, j, v) || (p.detach_under != 0u && j != r.t && v < r.thr)) {
         return 0.0;
     }
-    let s = score(r, v);
-    var d = g_at(r, j, s.x, mx, inv) * s.y;
-    if (j == r.t) {
-        d += tau_g;
+    var d: f32;
+    if (j == r.t && tau_flows()) {
+        d = -others;
+    } else {
+        let s = score(r, v);
+        d = g_at(r, j, s.x, mx, inv) * s.y;
     }
     return d * p.logit_scale * p.scale;
 }
@@ -257,15 +262,15 @@ fn cross_entropy(
         losses[row] = log(z) + mx - ut;
     }
     let inv = 1.0 / z;
-    var tau_g = 0.0;
+    var others = 0.0;
     if (tau_flows()) {
         for (var j = li; j < p.cols; j += WG) {
-            tau_g += tau_part(r, j, mx, inv);
+            others += others_part(r, j, mx, inv);
         }
-        tau_g = reduce_sum(li, tau_g);
+        others = reduce_sum(li, others);
     }
     for (var j = li; j < p.cols; j += WG) {
-        dlogits[r.base + j] = grad_at(r, j, mx, inv, tau_g);
+        dlogits[r.base + j] = grad_at(r, j, mx, inv, others);
     }
 }
 
@@ -302,14 +307,14 @@ fn cross_entropy_rows(
     }
     losses[row] = log(z) + mx - ut;
     let inv = 1.0 / z;
-    var tau_g = 0.0;
+    var others = 0.0;
     if (tau_flows()) {
         for (var j = 0u; j < p.cols; j += 1u) {
-            tau_g += tau_part(r, j, mx, inv);
+            others += others_part(r, j, mx, inv);
         }
     }
     for (var j = 0u; j < p.cols; j += 1u) {
-        dlogits[r.base + j] = grad_at(r, j, mx, inv, tau_g);
+        dlogits[r.base + j] = grad_at(r, j, mx, inv, others);
     }
 }
 

@@ -268,7 +268,7 @@ pub const TERMS: &[TermDef] = &[
             "cwt",
             12,
             &[],
-            "contrastive weight tying: each position scored against the batch's target embeddings, softmax over the batch",
+            "contrastive weight tying: each position scored against the output embeddings of the batch's targets, softmax over the batch",
         )
     },
     TermDef {

@@ -160,7 +160,7 @@ enum Cmd {
         #[arg(long, default_value = "plain", long_help = loss_help())]
         loss: String,
         /// Logits times S in training only (the paper's training temperature; = --loss ...+logit-scale:S).
-        #[arg(long, value_parser = args::positive)]
+        #[arg(long, value_name = "S", value_parser = args::positive)]
         logit_scale: Option<f32>,
         /// Output folder for model.safetensors, state.safetensors and metrics.jsonl.
         #[arg(long, default_value = "runs/default")]

@@ -582,22 +582,21 @@ pub fn row_shaped(
     let z: f64 = u.iter().map(|&(x, _)| (x - mx).exp()).sum();
     if let Some(out) = grad {
         let g = |j: usize| (u[j].0 - mx).exp() / z - if j == t { 1.0 } else { 0.0 };
+        // A soft threshold that moves with the target leaves the scores depending on
+        // l - l_t only: the target's gradient is minus the others' sum (see the shader).
         let tau_flows = soft.is_some() && !sh.detach_threshold;
-        let tau_g: f64 = if tau_flows {
-            (0..v.len())
-                .filter(|&j| k[j])
-                .map(|j| g(j) * (1.0 - u[j].1))
-                .sum()
-        } else {
-            0.0
-        };
+        let others: f64 = (0..v.len())
+            .filter(|&j| k[j] && j != t)
+            .map(|j| g(j) * u[j].1)
+            .sum();
         let under = |j: usize| sh.detach_under && j != t && thr.is_some_and(|th| v[j] < th);
         for (j, o) in out.iter_mut().enumerate() {
             *o = if k[j] && !under(j) {
-                let mut d = g(j) * u[j].1;
-                if j == t && tau_flows {
-                    d += tau_g;
-                }
+                let d = if j == t && tau_flows {
+                    -others
+                } else {
+                    g(j) * u[j].1
+                };
                 (d * sh.logit_scale as f64 * scale as f64) as f32
             } else {
                 0.0
