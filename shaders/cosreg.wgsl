@@ -33,6 +33,36 @@ fn inv_norm(ss: f32) -> f32 {
     return select(0.0, 1.0 / sqrt(ss), ss > 0.0);
 }
 
+// One lane's share of row v, over k = start, start + stride, ... < C: sum of E[v, k]^2.
+fn row_sumsq(v: u32, start: u32, stride: u32) -> f32 {
+    var ss = 0.0;
+    for (var k = start; k < p.c; k += stride) {
+        let x = wte[v * p.c + k];
+        ss += x * x;
+    }
+    return ss;
+}
+
+// One lane's share of E_v · s.
+fn row_dot_s(v: u32, start: u32, stride: u32) -> f32 {
+    var d = 0.0;
+    for (var k = start; k < p.c; k += stride) {
+        d += wte[v * p.c + k] * s[k];
+    }
+    return d;
+}
+
+// One lane's share of row v's gradient, given d = Ê_v · s.
+fn add_grad(v: u32, start: u32, stride: u32, d: f32) {
+    let vv = f32(p.v);
+    let r = rinv[v];
+    let g = 2.0 * p.gamma / (vv * vv) * r;
+    for (var k = start; k < p.c; k += stride) {
+        let o = v * p.c + k;
+        dwte[o] = dwte[o] + g * (s[k] - d * wte[o] * r);
+    }
+}
+
 @compute @workgroup_size(64)
 fn norms(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -43,12 +73,7 @@ fn norms(
     if (v >= p.v) {
         return;
     }
-    var ss = 0.0;
-    for (var k = li; k < p.c; k += WG) {
-        let x = wte[v * p.c + k];
-        ss += x * x;
-    }
-    ss = reduce_sum(li, ss);
+    let ss = reduce_sum(li, row_sumsq(v, li, WG));
     if (li == 0u) {
         rinv[v] = inv_norm(ss);
     }
@@ -64,12 +89,7 @@ fn norms_rows(
     if (v >= p.v) {
         return;
     }
-    var ss = 0.0;
-    for (var k = 0u; k < p.c; k += 1u) {
-        let x = wte[v * p.c + k];
-        ss += x * x;
-    }
-    rinv[v] = inv_norm(ss);
+    rinv[v] = inv_norm(row_sumsq(v, 0u, 1u));
 }
 
 @compute @workgroup_size(64)
@@ -105,12 +125,6 @@ fn penalty(@builtin(local_invocation_index) li: u32) {
     }
 }
 
-// k * rinv[v]: row v's factor in bwd.
-fn grad_coef(v: u32) -> f32 {
-    let vv = f32(p.v);
-    return 2.0 * p.gamma / (vv * vv) * rinv[v];
-}
-
 @compute @workgroup_size(64)
 fn bwd(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -121,17 +135,7 @@ fn bwd(
     if (v >= p.v) {
         return;
     }
-    let r = rinv[v];
-    var d = 0.0;
-    for (var k = li; k < p.c; k += WG) {
-        d += wte[v * p.c + k] * s[k];
-    }
-    d = reduce_sum(li, d) * r;
-    let g = grad_coef(v);
-    for (var k = li; k < p.c; k += WG) {
-        let o = v * p.c + k;
-        dwte[o] = dwte[o] + g * (s[k] - d * wte[o] * r);
-    }
+    add_grad(v, li, WG, reduce_sum(li, row_dot_s(v, li, WG)) * rinv[v]);
 }
 
 @compute @workgroup_size(64)
@@ -144,15 +148,5 @@ fn bwd_rows(
     if (v >= p.v) {
         return;
     }
-    let r = rinv[v];
-    var d = 0.0;
-    for (var k = 0u; k < p.c; k += 1u) {
-        d += wte[v * p.c + k] * s[k];
-    }
-    d *= r;
-    let g = grad_coef(v);
-    for (var k = 0u; k < p.c; k += 1u) {
-        let o = v * p.c + k;
-        dwte[o] = dwte[o] + g * (s[k] - d * wte[o] * r);
-    }
+    add_grad(v, 0u, 1u, row_dot_s(v, 0u, 1u) * rinv[v]);
 }

@@ -40,11 +40,37 @@ fn value(ww: f32, hh: f32) -> f32 {
     return x;
 }
 
-fn coef(i: u32, hh: f32) -> f32 {
-    if (hh == 0.0) {
-        return 0.0;
+// One lane's share of row i, over k = start, start + stride, ... < c: (|w_t|^2, |h_i|^2).
+fn sq_norms(i: u32, start: u32, stride: u32) -> vec2<f32> {
+    let wb = targets[i] * p.c;
+    var n = vec2<f32>(0.0, 0.0);
+    for (var k = start; k < p.c; k += stride) {
+        let a = w[wb + k];
+        let b = h[i * p.c + k];
+        n += vec2<f32>(a * a, b * b);
     }
-    return -dlogits[i * p.v + targets[i]] * vals[i] / hh;
+    return n;
+}
+
+fn h_sumsq(i: u32, start: u32, stride: u32) -> f32 {
+    var hh = 0.0;
+    for (var k = start; k < p.c; k += stride) {
+        let b = h[i * p.c + k];
+        hh += b * b;
+    }
+    return hh;
+}
+
+// One lane's share of the offset's step on row i, given |h_i|^2.
+fn adv_add(i: u32, start: u32, stride: u32, hh: f32) {
+    if (hh == 0.0) {
+        return;
+    }
+    let g = -dlogits[i * p.v + targets[i]] * vals[i] / hh;
+    for (var k = start; k < p.c; k += stride) {
+        let o = i * p.c + k;
+        dh[o] = dh[o] + g * h[o];
+    }
 }
 
 @compute @workgroup_size(64)
@@ -57,17 +83,9 @@ fn row_norms(
     if (i >= p.rows) {
         return;
     }
-    let wb = targets[i] * p.c;
-    var ww = 0.0;
-    var hh = 0.0;
-    for (var k = li; k < p.c; k += WG) {
-        let a = w[wb + k];
-        let b = h[i * p.c + k];
-        ww += a * a;
-        hh += b * b;
-    }
-    ww = reduce_sum(li, ww);
-    hh = reduce_sum(li, hh);
+    let n = sq_norms(i, li, WG);
+    let ww = reduce_sum(li, n.x);
+    let hh = reduce_sum(li, n.y);
     if (li == 0u) {
         vals[i] = value(ww, hh);
     }
@@ -83,16 +101,8 @@ fn row_norms_rows(
     if (i >= p.rows) {
         return;
     }
-    let wb = targets[i] * p.c;
-    var ww = 0.0;
-    var hh = 0.0;
-    for (var k = 0u; k < p.c; k += 1u) {
-        let a = w[wb + k];
-        let b = h[i * p.c + k];
-        ww += a * a;
-        hh += b * b;
-    }
-    vals[i] = value(ww, hh);
+    let n = sq_norms(i, 0u, 1u);
+    vals[i] = value(n.x, n.y);
 }
 
 @compute @workgroup_size(64)
@@ -105,17 +115,7 @@ fn adv_bwd(
     if (i >= p.rows) {
         return;
     }
-    var hh = 0.0;
-    for (var k = li; k < p.c; k += WG) {
-        let b = h[i * p.c + k];
-        hh += b * b;
-    }
-    hh = reduce_sum(li, hh);
-    let g = coef(i, hh);
-    for (var k = li; k < p.c; k += WG) {
-        let o = i * p.c + k;
-        dh[o] = dh[o] + g * h[o];
-    }
+    adv_add(i, li, WG, reduce_sum(li, h_sumsq(i, li, WG)));
 }
 
 @compute @workgroup_size(64)
@@ -128,14 +128,5 @@ fn adv_bwd_rows(
     if (i >= p.rows) {
         return;
     }
-    var hh = 0.0;
-    for (var k = 0u; k < p.c; k += 1u) {
-        let b = h[i * p.c + k];
-        hh += b * b;
-    }
-    let g = coef(i, hh);
-    for (var k = 0u; k < p.c; k += 1u) {
-        let o = i * p.c + k;
-        dh[o] = dh[o] + g * h[o];
-    }
+    adv_add(i, 0u, 1u, h_sumsq(i, 0u, 1u));
 }

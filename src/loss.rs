@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Result};
 use crate::buffers::{Buf, Dtype};
 use crate::data::Dataset;
 use crate::kernels::agg::AggGate;
-use crate::kernels::cosreg::{CosRegBwd, CosRegFwd};
+use crate::kernels::cosreg::{CosReg, CosRegBwd, CosRegFwd};
 use crate::kernels::cross_entropy::{CrossEntropy, Keep, Mean, PerRow, Shaping};
 use crate::kernels::cwt::{CwtScatter, CwtScores};
 use crate::kernels::row_norms::{AdvBwd, RowNorms};
@@ -1024,32 +1024,16 @@ pub fn record(plan: &Plan, bufs: &LossBufs, io: &LossIo) -> LossOps {
     let (v, c) = (io.cols, io.c);
     let mut params = Vec::new();
     if let (Some(gamma), Some((rinv, s))) = (plan.cosreg, bufs.cosreg) {
-        let wte = io.wte;
-        loss.push(
-            CosRegFwd {
-                v,
-                c,
-                gamma,
-                wte,
-                rinv,
-                s,
-                loss: io.loss,
-            }
-            .op(),
-        );
-        let dwte = io.dwte;
-        params.push(
-            CosRegBwd {
-                v,
-                c,
-                gamma,
-                wte,
-                rinv,
-                s,
-                dwte,
-            }
-            .op(),
-        );
+        let reg = CosReg {
+            v,
+            c,
+            gamma,
+            wte: io.wte,
+            rinv,
+            s,
+        };
+        loss.push(CosRegFwd { reg, loss: io.loss }.op());
+        params.push(CosRegBwd { reg, dwte: io.dwte }.op());
     }
     let mut head_dw = io.dlogits;
     if let Some([rare, gates, gated]) = bufs.agg {

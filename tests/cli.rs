@@ -19,6 +19,30 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
+/// `train` on `data` into `out` with the tiny model (batch 4), two validation batches, then
+/// `flags`.
+fn train_args<'a>(data: &'a str, out: &'a str, flags: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["train", "--data", data, "--eval-batches", "2", "--out", out];
+    v.extend(flags);
+    v.extend(common::tiny_model("4"));
+    v
+}
+
+/// `eval --json` of a checkpoint on `data`, which must succeed.
+fn eval_json(ckpt: &std::path::Path, data: &std::path::Path) -> serde_json::Value {
+    let o = selfish(&[
+        "eval",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "eval failed: {stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
 fn corpus(dir: &std::path::Path) -> PathBuf {
     let mut s = String::new();
     let lines = [
@@ -64,27 +88,19 @@ fn train_eval_sample_end_to_end() {
     let dir = common::tempdir("e2e");
     let data = corpus(&dir);
     let out = dir.join("run");
-    let small = common::tiny_model("4");
-    let mut args = vec![
-        "train",
-        "--data",
-        data.to_str().unwrap(),
+    let flags = [
         "--steps",
         "12",
         "--eval-interval",
         "6",
-        "--eval-batches",
-        "2",
         "--log-interval",
         "3",
         "--loss",
         "counterpart",
         "--margin",
         "1",
-        "--out",
-        out.to_str().unwrap(),
     ];
-    args.extend(small.iter().copied());
+    let args = train_args(data.to_str().unwrap(), out.to_str().unwrap(), &flags);
     let o = selfish(&args);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "train failed: {stderr}");
@@ -109,17 +125,7 @@ fn train_eval_sample_end_to_end() {
     assert_eq!(tc["loss"], "counterpart+margin:1");
 
     let ckpt = out.join("model.safetensors");
-    let o = selfish(&[
-        "eval",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--json",
-    ]);
-    let (stdout, stderr) = text(&o);
-    assert!(o.status.success(), "eval failed: {stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let v = eval_json(&ckpt, &data);
     for lang in ["base", "shifted"] {
         let m = &v[lang];
         let ppl = m["ppl"].as_f64().unwrap();
@@ -190,19 +196,13 @@ fn baselines_train_with_their_options_resume_and_evaluate() {
     let dir = common::tempdir("baselines");
     let data = corpus(&dir);
     let out = dir.join("run");
-    let small = common::tiny_model("4");
-    let mut args = vec![
-        "train",
-        "--data",
-        data.to_str().unwrap(),
+    let flags = [
         "--steps",
         "8",
         "--warmup",
         "2",
         "--eval-interval",
         "0",
-        "--eval-batches",
-        "2",
         "--log-interval",
         "2",
         "--low-resource-prob",
@@ -212,10 +212,8 @@ fn baselines_train_with_their_options_resume_and_evaluate() {
         "--logit-scale",
         "0.46",
         "--untied",
-        "--out",
-        out.to_str().unwrap(),
     ];
-    args.extend(small.iter().copied());
+    let args = train_args(data.to_str().unwrap(), out.to_str().unwrap(), &flags);
     let mut first = args.clone();
     first.extend(["--stop-after", "4"]);
     let o = selfish(&first);
@@ -242,20 +240,7 @@ fn baselines_train_with_their_options_resume_and_evaluate() {
         "{metrics}"
     );
 
-    let o = selfish(&[
-        "eval",
-        "--checkpoint",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(
-        o.status.success(),
-        "eval of an untied model failed: {}",
-        text(&o).1
-    );
-    let v: serde_json::Value = serde_json::from_str(&text(&o).0).unwrap();
+    let v = eval_json(&model, &data);
     assert!(v["shifted"]["ppl"].as_f64().unwrap() > 1.0, "{v}");
 
     let refused = |from: &str, to: Option<&str>, needle: &str| {

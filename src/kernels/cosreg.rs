@@ -18,28 +18,29 @@ uniform! {
     }
 }
 
-/// `loss[0] += gamma · (‖Σ_v E_v/‖E_v‖‖² − V) / V²`; leaves the inverse row norms `rinv [V]`
-/// and the sum of normalized rows `s [C]` for [`CosRegBwd`].
+/// The penalty's operands: the table `wte [V, C]`, its inverse row norms `rinv [V]` and the
+/// sum of its normalized rows `s [C]` (the forward writes them, the backward reads them).
 #[derive(Clone, Copy, Debug)]
-pub struct CosRegFwd {
+pub struct CosReg {
     pub v: u32,
     pub c: u32,
     pub gamma: f32,
     pub wte: Buf,
     pub rinv: Buf,
     pub s: Buf,
+}
+
+/// `loss[0] += gamma · (‖Σ_v E_v/‖E_v‖‖² − V) / V²`.
+#[derive(Clone, Copy, Debug)]
+pub struct CosRegFwd {
+    pub reg: CosReg,
     pub loss: Buf,
 }
 
 /// `dwte +=` the penalty's gradient, from what [`CosRegFwd`] left.
 #[derive(Clone, Copy, Debug)]
 pub struct CosRegBwd {
-    pub v: u32,
-    pub c: u32,
-    pub gamma: f32,
-    pub wte: Buf,
-    pub rinv: Buf,
-    pub s: Buf,
+    pub reg: CosReg,
     pub dwte: Buf,
 }
 
@@ -64,47 +65,51 @@ fn per_row(t: &Target, p: &Params, loops: u32, entry: &'static str, rows: &'stat
 
 impl Kernel for CosRegFwd {
     fn launches(&self, t: &Target) -> Vec<Launch> {
-        let (v, c) = (self.v, self.c);
-        let p = params(v, c, self.gamma, (0, v));
+        let r = &self.reg;
+        let (v, c) = (r.v, r.c);
+        let p = params(v, c, r.gamma, (0, v));
         let mut out = vec![per_row(t, &p, c, "norms", "norms_rows")
-            .bind("wte", self.wte)
-            .bind("rinv", self.rinv)];
+            .bind("wte", r.wte)
+            .bind("rinv", r.rinv)];
         // The column sums run over rows in order, LOOP_LIMIT rows per dispatch.
         for r0 in (0..v.max(1)).step_by(LOOP_LIMIT as usize) {
-            let p = params(v, c, self.gamma, (r0, (r0 + LOOP_LIMIT).min(v)));
+            let p = params(v, c, r.gamma, (r0, (r0 + LOOP_LIMIT).min(v)));
             out.push(
                 Launch::new(&SHADER, "col_sum", &p, grid(c.div_ceil(64)))
-                    .bind("wte", self.wte)
-                    .bind("rinv", self.rinv)
-                    .bind("s", self.s),
+                    .bind("wte", r.wte)
+                    .bind("rinv", r.rinv)
+                    .bind("s", r.s),
             );
         }
         out.push(
             Launch::new(&SHADER, "penalty", &p, [1, 1, 1])
-                .bind("s", self.s)
+                .bind("s", r.s)
                 .bind("loss", self.loss),
         );
         out
     }
     fn cpu(&self, m: &mut HostMem) {
-        m.with3([self.rinv, self.s, self.loss], |m, rinv, s, loss| {
-            cpu_fwd(self, m.f(self.wte), rinv, s, loss)
+        let r = &self.reg;
+        m.with3([r.rinv, r.s, self.loss], |m, rinv, s, loss| {
+            cpu_fwd(r, m.f(r.wte), rinv, s, loss)
         });
     }
 }
 
 impl Kernel for CosRegBwd {
     fn launches(&self, t: &Target) -> Vec<Launch> {
-        let p = params(self.v, self.c, self.gamma, (0, self.v));
-        vec![per_row(t, &p, 2 * self.c, "bwd", "bwd_rows")
-            .bind("wte", self.wte)
-            .bind("rinv", self.rinv)
-            .bind("s", self.s)
+        let r = &self.reg;
+        let p = params(r.v, r.c, r.gamma, (0, r.v));
+        vec![per_row(t, &p, 2 * r.c, "bwd", "bwd_rows")
+            .bind("wte", r.wte)
+            .bind("rinv", r.rinv)
+            .bind("s", r.s)
             .bind("dwte", self.dwte)]
     }
     fn cpu(&self, m: &mut HostMem) {
+        let r = &self.reg;
         m.with(self.dwte, |m, d| {
-            cpu_bwd(self, m.f(self.wte), m.f(self.rinv), m.f(self.s), d)
+            cpu_bwd(r, m.f(r.wte), m.f(r.rinv), m.f(r.s), d)
         });
     }
 }
@@ -123,29 +128,16 @@ pub fn cases() -> Vec<Case> {
                 .inout("loss", 1, Init::Values(vec![2.5]))
                 .inout("dwte", n, Init::Normal(0.01))
                 .ops(move |b| {
-                    let (wte, rinv, s) = (b["wte"], b["rinv"], b["s"]);
-                    vec![
-                        CosRegFwd {
-                            v,
-                            c,
-                            gamma: 3.0,
-                            wte,
-                            rinv,
-                            s,
-                            loss: b["loss"],
-                        }
-                        .op(),
-                        CosRegBwd {
-                            v,
-                            c,
-                            gamma: 3.0,
-                            wte,
-                            rinv,
-                            s,
-                            dwte: b["dwte"],
-                        }
-                        .op(),
-                    ]
+                    let reg = CosReg {
+                        v,
+                        c,
+                        gamma: 3.0,
+                        wte: b["wte"],
+                        rinv: b["rinv"],
+                        s: b["s"],
+                    };
+                    let (loss, dwte) = (b["loss"], b["dwte"]);
+                    vec![CosRegFwd { reg, loss }.op(), CosRegBwd { reg, dwte }.op()]
                 })
                 .tol(2e-5)
         })
@@ -153,7 +145,7 @@ pub fn cases() -> Vec<Case> {
 }
 
 /// CPU twin of [`CosRegFwd`]; f64 sums, stored in f32 between the steps as the shader does.
-pub fn cpu_fwd(k: &CosRegFwd, wte: &[f32], rinv: &mut [f32], s: &mut [f32], loss: &mut [f32]) {
+pub fn cpu_fwd(k: &CosReg, wte: &[f32], rinv: &mut [f32], s: &mut [f32], loss: &mut [f32]) {
     let (v, c) = (k.v as usize, k.c as usize);
     for (r, row) in rinv[..v].iter_mut().zip(wte.chunks(c)) {
         let ss: f64 = row.iter().map(|&x| x as f64 * x as f64).sum();
@@ -175,7 +167,7 @@ pub fn cpu_fwd(k: &CosRegFwd, wte: &[f32], rinv: &mut [f32], s: &mut [f32], loss
 }
 
 /// CPU twin of [`CosRegBwd`]; the step is formed in f64 and added in f32.
-pub fn cpu_bwd(k: &CosRegBwd, wte: &[f32], rinv: &[f32], s: &[f32], dwte: &mut [f32]) {
+pub fn cpu_bwd(k: &CosReg, wte: &[f32], rinv: &[f32], s: &[f32], dwte: &mut [f32]) {
     let (v, c) = (k.v as usize, k.c as usize);
     let vv = v as f64;
     for r in 0..v {
@@ -231,34 +223,24 @@ mod tests {
         let (v, c, gamma) = (6usize, 4usize, 2.5f32);
         let mut rng = Rng::new(5);
         let wte: Vec<f32> = (0..v * c).map(|_| rng.normal() as f32).collect();
-        let fwd = CosRegFwd {
+        let reg = CosReg {
             v: v as u32,
             c: c as u32,
             gamma,
             wte: Buf(0),
             rinv: Buf(1),
             s: Buf(2),
-            loss: Buf(3),
         };
         let (mut rinv, mut s, mut loss) = (vec![0.0; v], vec![0.0; c], vec![1.0f32]);
-        cpu_fwd(&fwd, &wte, &mut rinv, &mut s, &mut loss);
+        cpu_fwd(&reg, &wte, &mut rinv, &mut s, &mut loss);
         let want = penalty(&wte, v, c, gamma as f64);
         assert!(
             (loss[0] as f64 - 1.0 - want).abs() < 1e-6,
             "{} vs {want}",
             loss[0] - 1.0
         );
-        let bwd = CosRegBwd {
-            v: v as u32,
-            c: c as u32,
-            gamma,
-            wte: Buf(0),
-            rinv: Buf(1),
-            s: Buf(2),
-            dwte: Buf(4),
-        };
         let mut dwte = vec![0.0; v * c];
-        cpu_bwd(&bwd, &wte, &rinv, &s, &mut dwte);
+        cpu_bwd(&reg, &wte, &rinv, &s, &mut dwte);
         let h = 1e-3f32;
         for i in 0..v * c {
             let (mut p, mut m) = (wte.clone(), wte.clone());
