@@ -106,3 +106,72 @@ pub fn cpu(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::cross_entropy::{self, Keep};
+    use crate::rng::Rng;
+
+    /// The gated gradient is the derivative of AGG's surrogate `CE(z0 + g ⊙ (z − z0))` at
+    /// `z = z0` (the ungated part held still): central differences against the twin applied
+    /// to plain cross-entropy's gradient.
+    #[test]
+    fn gated_gradient_is_the_surrogates_derivative() {
+        let (rows, cols) = (4usize, 9usize);
+        let mut rng = Rng::new(4);
+        let z0: Vec<f32> = (0..rows * cols)
+            .map(|_| 2.0 * rng.normal() as f32)
+            .collect();
+        let targets: Vec<u32> = (0..rows).map(|_| rng.below(cols) as u32).collect();
+        let rare: Vec<u32> = (0..cols).map(|j| (j % 2) as u32).collect();
+        let gates: Vec<f32> = (0..2 * cols).map(|_| rng.uniform() as f32).collect();
+        let gate = |r: usize, j: usize| {
+            let t = targets[r] as usize;
+            if j == t {
+                1.0
+            } else {
+                gates[rare[t] as usize * cols + j] as f64
+            }
+        };
+        let keep = Keep::default();
+        let surrogate = |z: &[f32]| -> f64 {
+            (0..rows)
+                .map(|r| {
+                    let row: Vec<f32> = (0..cols)
+                        .map(|j| {
+                            let i = r * cols + j;
+                            (z0[i] as f64 + gate(r, j) * (z[i] - z0[i]) as f64) as f32
+                        })
+                        .collect();
+                    cross_entropy::row(&row, targets[r] as usize, &keep, 1.0, None)
+                })
+                .sum()
+        };
+        let mut d = vec![0.0f32; rows * cols];
+        for r in 0..rows {
+            let rg = r * cols..(r + 1) * cols;
+            cross_entropy::row(
+                &z0[rg.clone()],
+                targets[r] as usize,
+                &keep,
+                1.0,
+                Some(&mut d[rg]),
+            );
+        }
+        let mut gated = vec![0.0; rows * cols];
+        cpu((rows, cols), &d, &targets, &rare, &gates, &mut gated);
+        let h = 1e-2f32;
+        for i in 0..rows * cols {
+            let (mut p, mut m) = (z0.clone(), z0.clone());
+            p[i] += h;
+            m[i] -= h;
+            let fd = (surrogate(&p) - surrogate(&m)) / (p[i] - m[i]) as f64;
+            assert!(
+                (fd - gated[i] as f64).abs() < 1e-5 + 1e-3 * fd.abs(),
+                "d/dz[{i}]: fd {fd} vs {}",
+                gated[i]
+            );
+        }
+    }
+}
