@@ -6,7 +6,8 @@
 //! entry of [`TERMS`]: its name and arguments, a line of help, its family (which says what it
 //! combines with), and how it sets the [`Plan`] the model records from. Adding a loss is its
 //! kernel (`src/kernels/<op>.rs` and its shader), one entry here, and, if it needs a new op,
-//! a line in [`record`].
+//! its buffers in [`LossBufs`] and a line in [`record`], at the point of the backward
+//! [`LossOps`] names (the model itself stays loss-agnostic).
 //!
 //! Validation always reports plain cross-entropy; the loss shapes training only.
 
