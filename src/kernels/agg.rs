@@ -149,15 +149,8 @@ mod tests {
                 .sum()
         };
         let mut d = vec![0.0f32; rows * cols];
-        for r in 0..rows {
-            let rg = r * cols..(r + 1) * cols;
-            cross_entropy::row(
-                &z0[rg.clone()],
-                targets[r] as usize,
-                &keep,
-                1.0,
-                Some(&mut d[rg]),
-            );
+        for ((z, g), &t) in z0.chunks(cols).zip(d.chunks_mut(cols)).zip(&targets) {
+            cross_entropy::row(z, t as usize, &keep, 1.0, Some(g));
         }
         let mut gated = vec![0.0; rows * cols];
         cpu((rows, cols), &d, &targets, &rare, &gates, &mut gated);
