@@ -12,6 +12,7 @@
 //   dlogits[r, t] = -σ(-l_t) * scale                   (= (σ(l_t) - 1) * scale)
 //   dlogits[r, j] = c_j * σ(l_j) * scale,  c_j = #{k : n_k = j != t}   (a repeat counts again)
 // so every logit that was not drawn gets exactly 0. softplus(x) = max(x, 0) + log1p(e^-|x|).
+// With logit_scale S != 1 every l above is S * l and the gradient carries a factor S more.
 // hash = xxHash32's 4-byte rounds and avalanche over the words (step, seed, r, k):
 //   h = P5; for w: h = rotl(h + w * P3, 17) * P4; then h ^= h >> 15; h *= P2; h ^= h >> 13;
 //   h *= P3; h ^= h >> 16. The CPU twin (src/kernels/sampled_loss.rs) computes the same bits.
@@ -24,6 +25,7 @@ struct Params {
     cols: u32,
     k: u32,
     scale: f32,
+    logit_scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -101,7 +103,8 @@ fn sampled_loss(
     }
     let base = row * p.cols;
     let t = targets[row];
-    let lt = logits[base + t];
+    let lt = logits[base + t] * p.logit_scale;
+    let gs = p.scale * p.logit_scale;
     let kk = min(p.k, MAX_K);
     var acc = 0.0;
     if (li == 0u) {
@@ -111,7 +114,7 @@ fn sampled_loss(
         let n = draw_token(row, k);
         negs[k] = n;
         if (n != t) {
-            acc += softplus(logits[base + n]);
+            acc += softplus(logits[base + n] * p.logit_scale);
         }
     }
     // reduce_sum's first barrier also publishes negs.
@@ -122,14 +125,14 @@ fn sampled_loss(
     for (var j = li; j < p.cols; j += WG) {
         var g = 0.0;
         if (j == t) {
-            g = -sigmoid(-lt) * p.scale;
+            g = -sigmoid(-lt) * gs;
         } else {
             var c = 0u;
             for (var k = 0u; k < kk; k += 1u) {
                 c += select(0u, 1u, negs[k] == j);
             }
             if (c > 0u) {
-                g = f32(c) * sigmoid(logits[base + j]) * p.scale;
+                g = f32(c) * sigmoid(logits[base + j] * p.logit_scale) * gs;
             }
         }
         dlogits[base + j] = g;

@@ -17,6 +17,12 @@ pub fn steps(s: &str) -> Result<u64, String> {
         .map_err(|_| "expected a whole number of steps (0 or more)".into())
 }
 
+/// `--logit-scale`: a finite number > 0.
+pub fn positive(s: &str) -> Result<f32, String> {
+    crate::loss::parse_positive(s)
+        .ok_or_else(|| "expected a finite number > 0, such as 0.46".into())
+}
+
 /// A clap error as one line (without the leading `error: `): the message, then any tip,
 /// then where to find the usage.
 pub fn clap_error_line(e: &clap::Error) -> String {
@@ -44,5 +50,9 @@ mod tests {
         assert!(count("0").is_err() && count("-3").is_err() && count("x").is_err());
         assert_eq!(steps("0"), Ok(0));
         assert!(steps("-1").unwrap_err().contains("whole number"));
+        assert_eq!(positive("0.46"), Ok(0.46));
+        for bad in ["0", "-1", "NaN", "inf", "x"] {
+            assert!(positive(bad).unwrap_err().contains("> 0"), "{bad}");
+        }
     }
 }

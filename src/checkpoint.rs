@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::data::{Dataset, Vocab};
+use crate::loss::{Loss, LossState};
 use crate::model::{specs, Gpt, GptConfig, ParamSpec, Params};
 use crate::rng::Rng;
 use crate::runtime::Backend;
@@ -162,7 +163,7 @@ impl Checkpoint {
         vocab: &Vocab,
         cfg: &TrainConfig,
         step: u64,
-        rng: &Rng,
+        (rng, loss_state): (&Rng, &LossState),
     ) -> Result<Checkpoint> {
         let values = model.read(be, &model.params).await?;
         for (s, v) in model.specs.iter().zip(values.iter()) {
@@ -188,12 +189,15 @@ impl Checkpoint {
                 v.clone(),
             ));
         }
+        for t in loss_state.tensors() {
+            state.push(t);
+        }
         state.set_meta("step", step);
         state.set_meta("rng", serde_json::to_string(&rng.state())?);
         state.set_meta("train_config", serde_json::to_string(cfg)?);
         let mut export = params_file(&model.specs, values, &model.cfg, vocab);
         export.set_meta("step", step);
-        export.set_meta("loss", &model.loss_fn);
+        describe(&mut export, &model.loss_fn, model.cfg.untied);
         Ok(Checkpoint {
             step,
             state,
@@ -207,12 +211,23 @@ pub fn export_of(state: &TensorFile) -> Result<TensorFile> {
     let (cfg, vocab, params) = model_parts(state)?;
     let mut m = params_file(&specs(&cfg), params, &cfg, &vocab);
     m.set_meta("step", state.meta_usize("step")?);
-    if let Some(cfg) = saved_config(state) {
-        if let Some(loss) = cfg.get("loss").and_then(|l| l.as_str()) {
-            m.set_meta("loss", loss);
+    if let Some(saved) = saved_config(state) {
+        if let Some(loss) = saved.get("loss").and_then(|l| l.as_str()) {
+            match Loss::parse(loss) {
+                Ok(l) => describe(&mut m, &l, cfg.untied),
+                Err(_) => m.set_meta("loss", loss),
+            }
         }
     }
     Ok(m)
+}
+
+/// What made a model, in its export's metadata: the loss spelling and the options that
+/// change training (the fixtures' `loss`, `logit_scale` and `untied`).
+fn describe(export: &mut TensorFile, loss: &Loss, untied: bool) {
+    export.set_meta("loss", loss);
+    export.set_meta("logit_scale", loss.logit_scale());
+    export.set_meta("untied", untied);
 }
 
 /// The run settings a state file was written with, as JSON (`None` when unreadable).

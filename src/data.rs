@@ -551,6 +551,14 @@ mod tests {
         let (xp, _) = plain.sample_batch(&mut Rng::new(9), b, t);
         let unshift: Vec<u32> = x.iter().map(|&i| i % v).collect();
         assert_eq!(xp, unshift);
+
+        // Probability 1 (the low-resource-only baseline): every row in the second alphabet,
+        // at the same positions.
+        let only = Dataset::from_text(&text, 1.0).unwrap();
+        assert_eq!(only.model_vocab(), 2 * v as usize);
+        let (xo, yo) = only.sample_batch(&mut Rng::new(9), b, t);
+        assert!(xo.iter().chain(&yo).all(|&i| i >= v));
+        assert_eq!(xo.iter().map(|&i| i - v).collect::<Vec<_>>(), xp);
     }
 
     #[test]

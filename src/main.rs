@@ -51,6 +51,9 @@ struct ModelArgs {
     /// Sequences per training step.
     #[arg(long, value_parser = args::count)]
     batch_size: Option<usize>,
+    /// A separate output head (nanoGPT's `lm_head.weight`), so `wte` is only the input table.
+    #[arg(long)]
+    untied: bool,
 }
 
 impl ModelArgs {
@@ -58,6 +61,7 @@ impl ModelArgs {
     fn config(&self, vocab: usize) -> Result<(GptConfig, usize)> {
         let p = Preset::find(&self.config)?;
         let mut cfg = p.config(vocab);
+        cfg.untied = self.untied;
         for (flag, v) in [
             (&mut cfg.n_layer, self.n_layer),
             (&mut cfg.n_head, self.n_head),
@@ -155,6 +159,9 @@ enum Cmd {
         /// The training loss; the spellings:
         #[arg(long, default_value = "plain", long_help = loss_help())]
         loss: String,
+        /// Logits times S in training only (the paper's training temperature; = --loss ...+logit-scale:S).
+        #[arg(long, value_name = "S", value_parser = args::positive)]
+        logit_scale: Option<f32>,
         /// Output folder for model.safetensors, state.safetensors and metrics.jsonl.
         #[arg(long, default_value = "runs/default")]
         out: PathBuf,
@@ -396,12 +403,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             run,
             margin,
             loss,
+            logit_scale,
             out,
             resume,
             stop_after,
             analysis,
         } => cmd_train(
-            &model, &run, &margin, &loss, &out, resume, stop_after, analysis,
+            &model,
+            &run,
+            &margin,
+            (&loss, logit_scale),
+            &out,
+            (resume, stop_after),
+            analysis,
         ),
         Cmd::Experiment {
             model,
@@ -578,29 +592,28 @@ fn parse_margin(s: &str) -> Result<Option<f32>> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn cmd_train(
     model: &ModelArgs,
     run: &RunArgs,
     margin: &str,
-    loss: &str,
+    (loss, logit_scale): (&str, Option<f32>),
     out: &Path,
-    resume: bool,
-    stop_after: Option<u64>,
+    (resume, stop_after): (bool, Option<u64>),
     analysis: bool,
 ) -> Result<ExitCode> {
     let (dataset, mut tc) = run.config(model, analysis)?;
-    tc.loss = Loss::parse(loss)?.with_margin(parse_margin(margin)?)?;
+    tc.loss = Loss::from_flags(loss, parse_margin(margin)?, logit_scale)?;
     tc.stop_after = stop_after;
     selfish::checkpoint::preflight(&dataset, &tc, out, resume)?;
     let mut be = tune::open(run.backend.as_deref())?;
     catch_ctrl_c();
     eprintln!(
-        "training on {}: {} parameters, {} steps, loss {}",
+        "training on {}: {} parameters, {} steps, loss {}{}",
         be.name(),
         tc.model.num_params(),
         tc.steps,
-        tc.loss
+        tc.loss,
+        if tc.model.untied { ", untied head" } else { "" }
     );
     let s = train::train(be.as_mut(), &dataset, &tc, out, resume, true)?;
     let shown = out.display();

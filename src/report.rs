@@ -48,7 +48,7 @@ pub const PAPER: &[PaperRow] = &[
     PaperRow { run: "cosreg:1", lr_ppl: 10.64, lr_best: 10.62, lr_t: Some(0.95), hr_ppl: Some(5.01), hr_best: Some(4.99), lr_acc: 0.318 },
     PaperRow { run: "adv:0.005", lr_ppl: 10.81, lr_best: 10.77, lr_t: Some(0.94), hr_ppl: Some(5.04), hr_best: Some(5.02), lr_acc: 0.314 },
     PaperRow { run: "cwt", lr_ppl: 17.70, lr_best: 17.67, lr_t: Some(0.95), hr_ppl: Some(7.45), hr_best: Some(7.44), lr_acc: 0.195 },
-    PaperRow { run: "margin:1@logit-scale:0.46", lr_ppl: 10.46, lr_best: 10.46, lr_t: Some(1.00), hr_ppl: Some(5.24), hr_best: Some(5.24), lr_acc: 0.346 },
+    PaperRow { run: "margin:1+logit-scale:0.46", lr_ppl: 10.46, lr_best: 10.46, lr_t: Some(1.00), hr_ppl: Some(5.24), hr_best: Some(5.24), lr_acc: 0.346 },
     PaperRow { run: "plain@untied", lr_ppl: 8.82, lr_best: 8.79, lr_t: None, hr_ppl: Some(4.98), hr_best: Some(4.94), lr_acc: 0.373 },
     PaperRow { run: "margin:1@untied", lr_ppl: 16.43, lr_best: 9.14, lr_t: None, hr_ppl: Some(9.43), hr_best: Some(5.12), lr_acc: 0.378 },
     PaperRow { run: "margin:2@untied", lr_ppl: 10.75, lr_best: 8.94, lr_t: None, hr_ppl: Some(5.80), hr_best: Some(5.07), lr_acc: 0.378 },
@@ -74,7 +74,7 @@ pub const PAPER_RUNS: &[&str] = &[
     "cosreg:1",
     "adv:0.005",
     "cwt",
-    "margin:1@logit-scale:0.46",
+    "margin:1+logit-scale:0.46",
     "plain@untied",
     "margin:1@untied",
     "margin:2@untied",
@@ -620,7 +620,8 @@ fn analysis_table(
         "\n## Analysis\n\nGradient roles of the tied embedding (mean over logged steps and \
          seeds): own signal = (context alignment + target alignment) / non-target \
          marginalization, summed over an alphabet's tokens. Isotropy: min/max of the partition \
-         function over the eigenvectors of WᵀW (1 = even spread), mean over seeds.\n"
+         function over the eigenvectors of WᵀW (1 = even spread), mean over seeds; of `wte`, and of \
+         `lm_head` in parentheses when the head is untied.\n"
     )?;
     writeln!(
         md,
@@ -638,13 +639,18 @@ fn analysis_table(
                 .collect();
             mean_fmt(&vals, 3)
         };
-        let iso = |name: &str| {
+        let mean_of = |name: &str| -> Option<f64> {
             let vals: Vec<f64> = g
                 .evals
                 .iter()
                 .filter_map(|e| e.isotropy.iter().find(|(n, _)| n == name).map(|x| x.1))
                 .collect();
-            mean_fmt(&vals, 3)
+            (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
+        };
+        // An untied run's output head is a table of its own: shown in parentheses.
+        let iso = |name: &str| match mean_of(&format!("lm_head {name}")) {
+            Some(head) => format!("{} (head {head:.3})", fmt_opt(mean_of(name), 3)),
+            None => fmt_opt(mean_of(name), 3),
         };
         let secs: Vec<f64> = g.evals.iter().map(|e| e.train_seconds).collect();
         writeln!(

@@ -19,6 +19,30 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
+/// `train` on `data` into `out` with the tiny model (batch 4), two validation batches, then
+/// `flags`.
+fn train_args<'a>(data: &'a str, out: &'a str, flags: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["train", "--data", data, "--eval-batches", "2", "--out", out];
+    v.extend(flags);
+    v.extend(common::tiny_model("4"));
+    v
+}
+
+/// `eval --json` of a checkpoint on `data`, which must succeed.
+fn eval_json(ckpt: &std::path::Path, data: &std::path::Path) -> serde_json::Value {
+    let o = selfish(&[
+        "eval",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "eval failed: {stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
 fn corpus(dir: &std::path::Path) -> PathBuf {
     let mut s = String::new();
     let lines = [
@@ -64,27 +88,19 @@ fn train_eval_sample_end_to_end() {
     let dir = common::tempdir("e2e");
     let data = corpus(&dir);
     let out = dir.join("run");
-    let small = common::tiny_model("4");
-    let mut args = vec![
-        "train",
-        "--data",
-        data.to_str().unwrap(),
+    let flags = [
         "--steps",
         "12",
         "--eval-interval",
         "6",
-        "--eval-batches",
-        "2",
         "--log-interval",
         "3",
         "--loss",
         "counterpart",
         "--margin",
         "1",
-        "--out",
-        out.to_str().unwrap(),
     ];
-    args.extend(small.iter().copied());
+    let args = train_args(data.to_str().unwrap(), out.to_str().unwrap(), &flags);
     let o = selfish(&args);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "train failed: {stderr}");
@@ -109,17 +125,7 @@ fn train_eval_sample_end_to_end() {
     assert_eq!(tc["loss"], "counterpart+margin:1");
 
     let ckpt = out.join("model.safetensors");
-    let o = selfish(&[
-        "eval",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--json",
-    ]);
-    let (stdout, stderr) = text(&o);
-    assert!(o.status.success(), "eval failed: {stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let v = eval_json(&ckpt, &data);
     for lang in ["base", "shifted"] {
         let m = &v[lang];
         let ppl = m["ppl"].as_f64().unwrap();
@@ -182,6 +188,80 @@ fn train_eval_sample_end_to_end() {
     assert_clean_error(&selfish(&other), "resume with the same loss");
 }
 
+/// The paper's options through the command line: an untied head, a logit scale and AGG's
+/// window on the low-resource language alone (its short schedule), stopped and resumed, then
+/// evaluated; resuming with other options is refused.
+#[test]
+fn baselines_train_with_their_options_resume_and_evaluate() {
+    let dir = common::tempdir("baselines");
+    let data = corpus(&dir);
+    let out = dir.join("run");
+    let flags = [
+        "--steps",
+        "8",
+        "--warmup",
+        "2",
+        "--eval-interval",
+        "0",
+        "--log-interval",
+        "2",
+        "--low-resource-prob",
+        "1",
+        "--loss",
+        "agg:0.3:3",
+        "--logit-scale",
+        "0.46",
+        "--untied",
+    ];
+    let args = train_args(data.to_str().unwrap(), out.to_str().unwrap(), &flags);
+    let mut first = args.clone();
+    first.extend(["--stop-after", "4"]);
+    let o = selfish(&first);
+    assert!(o.status.success(), "train failed: {}", text(&o).1);
+    assert!(text(&o)
+        .1
+        .contains("loss agg:0.3:3+logit-scale:0.46, untied head"));
+    let state = selfish::tensorfile::load(&out.join("state.safetensors")).unwrap();
+    let (shape, _) = state.get_i32("loss.agg.window").unwrap();
+    assert_eq!(shape[0], 3, "after 4 steps the window holds K = 3");
+    let mut resumed = args.clone();
+    resumed.push("--resume");
+    let o = selfish(&resumed);
+    assert!(o.status.success(), "resume failed: {}", text(&o).1);
+    let model = out.join("model.safetensors");
+    let m = selfish::tensorfile::load(&model).unwrap();
+    assert_eq!(m.meta("loss").unwrap(), "agg:0.3:3+logit-scale:0.46");
+    assert_eq!(m.meta("logit_scale").unwrap(), "0.46");
+    assert_eq!(m.meta("untied").unwrap(), "true");
+    assert!(m.get("lm_head.weight").is_some());
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics.lines().last().unwrap().contains("\"step\":8"),
+        "{metrics}"
+    );
+
+    let v = eval_json(&model, &data);
+    assert!(v["shifted"]["ppl"].as_f64().unwrap() > 1.0, "{v}");
+
+    let refused = |from: &str, to: Option<&str>, needle: &str| {
+        let mut other: Vec<&str> = resumed.clone();
+        let i = other.iter().position(|&a| a == from).unwrap();
+        match to {
+            Some(t) => other[i] = t,
+            None => {
+                other.remove(i);
+            }
+        }
+        assert_clean_error(&selfish(&other), needle);
+    };
+    refused("0.46", Some("0.5"), "resume with the same loss");
+    refused(
+        "--untied",
+        None,
+        "an untied head in the checkpoint, the tied head asked for",
+    );
+}
+
 #[test]
 fn bad_input_gives_one_line_errors() {
     let dir = common::tempdir("errors");
@@ -204,6 +284,20 @@ fn bad_input_gives_one_line_errors() {
         ("hard:0", "K must be"),
         ("sampled:x", "K must be"),
         ("hinge", "unknown loss"),
+        ("agg:0.02", "agg takes 2 value(s): agg:A:K"),
+        ("cosreg:-1", "cosreg's G must be a finite number >= 0"),
+        ("softminus:0", "softminus's C must be a finite number > 0"),
+        ("softminus:2", "softminus:C needs a margin"),
+        ("detach-under", "detach-under needs a margin"),
+        (
+            "cwt+margin:1",
+            "cwt combines with nothing but logit-scale:S",
+        ),
+        ("adv:NaN", "adv's A must be a finite number >= 0"),
+        (
+            "margin:1+softminus:NaN",
+            "softminus's C must be a finite number > 0",
+        ),
     ] {
         assert_clean_error(&selfish(&["train", "--data", d, "--loss", loss]), needle);
         assert_clean_error(
@@ -214,6 +308,39 @@ fn bad_input_gives_one_line_errors() {
     assert_clean_error(
         &selfish(&["train", "--data", d, "--loss", "sampled:4", "--margin", "1"]),
         "drop --margin",
+    );
+    for scale in ["0", "-1", "NaN", "inf"] {
+        assert_clean_error(
+            &selfish(&["train", "--data", d, "--logit-scale", scale]),
+            "expected a finite number > 0",
+        );
+    }
+    assert_clean_error(
+        &selfish(&[
+            "train",
+            "--data",
+            d,
+            "--loss",
+            "logit-scale:2",
+            "--logit-scale",
+            "0.5",
+        ]),
+        "give the scale once",
+    );
+    // --margin completes a term that needs one.
+    assert_clean_error(
+        &selfish(&[
+            "train",
+            "--data",
+            d,
+            "--loss",
+            "softminus:2",
+            "--margin",
+            "1",
+            "--lr",
+            "0",
+        ]),
+        "learning rate",
     );
     assert_clean_error(
         &selfish(&[

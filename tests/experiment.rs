@@ -216,6 +216,38 @@ fn experiment_runs_resumes_and_reports() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// An untied run (and a logit-scale one) reports the isotropy of both tables, and the
+/// report shows both.
+#[test]
+fn untied_runs_report_the_isotropy_of_both_tables() {
+    let data = Dataset::from_text(&common::synthetic_text(30_000, 5), 0.2).unwrap();
+    let out = common::tempdir("untied");
+    let mut cfg = base(&data);
+    cfg.steps = 6;
+    let x = Experiment {
+        runs: vec![RunSpec::parse("margin:1+logit-scale:0.46@untied").unwrap()],
+        seeds: vec![3],
+        ..experiment(cfg, &out)
+    };
+    let evals = run(&x, &data, 1).finished;
+    assert_eq!(evals[0].name, "margin-1+logit-scale-0.46@untied");
+    let names: Vec<&str> = evals[0].isotropy.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["base", "shifted", "lm_head base", "lm_head shifted"]
+    );
+    assert!(evals[0].isotropy.iter().all(|(_, x)| *x > 0.0 && *x <= 1.0));
+    assert_ne!(evals[0].isotropy[0].1, evals[0].isotropy[2].1);
+    selfish::report::write(&x, &evals, &[], "test").unwrap();
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("| margin-1+logit-scale-0.46@untied | 1 |"),
+        "{report}"
+    );
+    assert!(report.contains(" (head 0."), "{report}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 fn selfish(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_selfish"))
         .args(args)

@@ -94,3 +94,23 @@ fn residual() {
 fn adamw() {
     check_op("adamw");
 }
+
+#[test]
+fn row_norms() {
+    check_op("row_norms");
+}
+
+#[test]
+fn cosreg() {
+    check_op("cosreg");
+}
+
+#[test]
+fn cwt() {
+    check_op("cwt");
+}
+
+#[test]
+fn agg() {
+    check_op("agg");
+}

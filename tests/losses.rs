@@ -1,7 +1,9 @@
 //! Properties of the related negative-selection losses (`hard:K`, `counterpart`, their mixes
-//! with a margin, and `sampled:K`) on the CPU twins and on the GPU.
+//! with a margin, and `sampled:K`) and of the threshold's ablations (logit scale, soft
+//! threshold, detach-under, per-row margins and target offsets) on the CPU twins and on the
+//! GPU.
 
-use selfish::kernels::cross_entropy::{self, CrossEntropy, Keep};
+use selfish::kernels::cross_entropy::{self, CrossEntropy, Keep, PerRow, Shaping};
 use selfish::kernels::sampled_loss::{self, SampledLoss};
 use selfish::kernels::IntoOp;
 use selfish::rng::Rng;
@@ -53,24 +55,48 @@ fn cross_entropy(
     logits: &[f32],
     targets: &[u32],
 ) -> (Vec<f32>, Vec<f32>) {
+    shaped(be, keep, Shaping::default(), &[], logits, targets)
+}
+
+/// [`cross_entropy`] under a shaping, with the per-row values it reads.
+fn shaped(
+    be: &mut dyn Backend,
+    keep: Keep,
+    shaping: Shaping,
+    row_vals: &[f32],
+    logits: &[f32],
+    targets: &[u32],
+) -> (Vec<f32>, Vec<f32>) {
     let rows = targets.len();
     let cols = logits.len() / rows;
     let [l, t, losses, d] = alloc_batch(be, logits, targets);
-    let seq = be
-        .compile(vec![CrossEntropy {
-            rows: rows as u32,
-            cols: cols as u32,
-            keep,
-            scale: 1.0 / rows as f32,
-            logits: l,
-            targets: t,
-            losses,
-            dlogits: d,
-        }
-        .op()])
-        .unwrap();
+    let rv = (shaping.per_row != PerRow::Nothing).then(|| {
+        let b = be.alloc("row values", rows, Dtype::F32).unwrap();
+        be.write_f32(b, row_vals);
+        b
+    });
+    let ce = CrossEntropy::new(
+        rows as u32,
+        cols as u32,
+        keep,
+        1.0 / rows as f32,
+        l,
+        t,
+        losses,
+        d,
+    );
+    let op = CrossEntropy {
+        shaping,
+        row_vals: rv,
+        ..ce
+    };
+    let seq = be.compile(vec![op.op()]).unwrap();
     be.run(&[seq]).unwrap();
     (be.read_now(losses).unwrap(), be.read_now(d).unwrap())
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 /// The sampled loss on a backend: (per-row losses, dlogits).
@@ -109,6 +135,7 @@ fn sampled_with_table(
             cols: cols as u32,
             k,
             scale,
+            logit_scale: 1.0,
             logits: l,
             targets: t,
             cdf,
@@ -481,5 +508,185 @@ fn sampled_loss_matches_a_direct_f64_computation() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn logit_scale_is_the_loss_of_scaled_logits_with_the_scale_in_the_gradient() {
+    let (logits, targets) = batch(11);
+    for mut be in backends() {
+        for keep in [Keep::default(), Keep::from_margin(Some(1.0))] {
+            let one = Shaping::default();
+            let plain = cross_entropy(be.as_mut(), keep, &logits, &targets);
+            let unit = shaped(be.as_mut(), keep, one, &[], &logits, &targets);
+            assert_eq!(
+                (bits(&unit.0), bits(&unit.1)),
+                (bits(&plain.0), bits(&plain.1))
+            );
+            for s in [0.46f32, 2.0] {
+                let sh = Shaping {
+                    logit_scale: s,
+                    ..one
+                };
+                let (l, g) = shaped(be.as_mut(), keep, sh, &[], &logits, &targets);
+                let scaled: Vec<f32> = logits.iter().map(|&x| x * s).collect();
+                let (lw, gw) = cross_entropy(be.as_mut(), keep, &scaled, &targets);
+                assert_eq!(bits(&l), bits(&lw), "{} {keep} x{s}", be.name());
+                for (a, b) in g.iter().zip(&gw) {
+                    assert!(
+                        (a - b * s).abs() <= 1e-6 * (b * s).abs() + 1e-12,
+                        "{a} vs {}",
+                        b * s
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn detach_under_keeps_plain_values_and_zeroes_gradients_under_the_threshold() {
+    let (logits, targets) = batch(12);
+    for mut be in backends() {
+        let (lp, gp) = cross_entropy(be.as_mut(), Keep::default(), &logits, &targets);
+        for m in [0.5f32, 2.0, 4.0] {
+            let sh = Shaping {
+                detach_under: true,
+                ..Shaping::default()
+            };
+            let (l, g) = shaped(
+                be.as_mut(),
+                Keep::from_margin(Some(m)),
+                sh,
+                &[],
+                &logits,
+                &targets,
+            );
+            assert_eq!(
+                bits(&l),
+                bits(&lp),
+                "{}: the value is plain cross-entropy",
+                be.name()
+            );
+            let mut under = 0;
+            for r in 0..ROWS {
+                let lt = logits[r * COLS + targets[r] as usize];
+                for j in 0..COLS {
+                    let i = r * COLS + j;
+                    if logits[i] < lt - m {
+                        under += 1;
+                        assert_eq!(g[i].to_bits(), 0.0f32.to_bits(), "{} m={m}", be.name());
+                    } else {
+                        assert_eq!(g[i].to_bits(), gp[i].to_bits(), "{} m={m}", be.name());
+                    }
+                }
+            }
+            assert!(under > ROWS, "m={m}: nothing under the threshold");
+        }
+    }
+}
+
+#[test]
+fn soft_threshold_keeps_the_margin_set_and_moves_with_the_target_unless_detached() {
+    let (logits, targets) = batch(13);
+    for mut be in backends() {
+        for (m, c) in [(1.0f32, 1.0f32), (2.0, 5.0), (4.0, 0.5)] {
+            let keep = Keep::from_margin(Some(m));
+            let soft = Shaping {
+                softminus: Some(c),
+                ..Shaping::default()
+            };
+            let detached = Shaping {
+                detach_threshold: true,
+                ..soft
+            };
+            let (_, hard) = cross_entropy(be.as_mut(), keep, &logits, &targets);
+            let (_, g) = shaped(be.as_mut(), keep, soft, &[], &logits, &targets);
+            let (_, gd) = shaped(be.as_mut(), keep, detached, &[], &logits, &targets);
+            assert_eq!(support(&g), support(&hard), "{} m={m} C={c}", be.name());
+            let mut moved = 0;
+            for r in 0..ROWS {
+                let rg = r * COLS..(r + 1) * COLS;
+                // The soft scores depend on l - l_t only, so shifting a row changes nothing.
+                let sum: f32 = g[rg.clone()].iter().sum();
+                assert!(
+                    sum.abs() < 1e-6,
+                    "{} m={m} C={c} row {r}: sum {sum}",
+                    be.name()
+                );
+                let t = targets[r] as usize;
+                for j in (0..COLS).filter(|&j| j != t) {
+                    assert_eq!(g[r * COLS + j].to_bits(), gd[r * COLS + j].to_bits());
+                }
+                let dsum: f32 = gd[rg].iter().sum();
+                moved += (dsum.abs() > 1e-4) as usize;
+            }
+            assert!(moved > 0, "detaching changed no target gradient");
+        }
+    }
+}
+
+#[test]
+fn per_row_values_reproduce_the_fixed_rules_bit_for_bit() {
+    let (logits, targets) = batch(14);
+    for mut be in backends() {
+        for m in [0.5f32, 2.0] {
+            let rows = vec![m; ROWS];
+            for soft in [None, Some(2.0)] {
+                let fixed = Shaping {
+                    softminus: soft,
+                    ..Shaping::default()
+                };
+                let per_row = Shaping {
+                    per_row: PerRow::Margin,
+                    ..fixed
+                };
+                let want = shaped(
+                    be.as_mut(),
+                    Keep::from_margin(Some(m)),
+                    fixed,
+                    &[],
+                    &logits,
+                    &targets,
+                );
+                let got = shaped(
+                    be.as_mut(),
+                    Keep::default(),
+                    per_row,
+                    &rows,
+                    &logits,
+                    &targets,
+                );
+                assert_eq!(bits(&got.0), bits(&want.0), "{} m={m}", be.name());
+                assert_eq!(bits(&got.1), bits(&want.1), "{} m={m}", be.name());
+            }
+        }
+        // A target offset o is the loss of logits whose target is o lower.
+        let offsets: Vec<f32> = (0..ROWS).map(|r| 0.1 * r as f32).collect();
+        let lowered: Vec<f32> = (0..ROWS * COLS)
+            .map(|i| {
+                let r = i / COLS;
+                logits[i]
+                    - if i % COLS == targets[r] as usize {
+                        offsets[r]
+                    } else {
+                        0.0
+                    }
+            })
+            .collect();
+        let sh = Shaping {
+            per_row: PerRow::TargetOffset,
+            ..Shaping::default()
+        };
+        let got = shaped(
+            be.as_mut(),
+            Keep::default(),
+            sh,
+            &offsets,
+            &logits,
+            &targets,
+        );
+        let want = cross_entropy(be.as_mut(), Keep::default(), &lowered, &targets);
+        assert_eq!((bits(&got.0), bits(&got.1)), (bits(&want.0), bits(&want.1)));
     }
 }

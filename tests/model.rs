@@ -1,5 +1,6 @@
-//! The whole model: against PyTorch (the gpt-tiny fixture) on the GPU and the CPU, GPU against
-//! CPU over 20 training steps, reproducibility, and exact resume.
+//! The whole model: against PyTorch (the gpt-tiny fixture and every loss case) on the GPU and
+//! the CPU, GPU against CPU over 20 training steps for every loss, reproducibility, and exact
+//! resume.
 
 mod common;
 
@@ -16,19 +17,28 @@ fn gpu() -> GpuBackend {
     GpuBackend::open(None).expect("a GPU adapter (CI installs Mesa's lavapipe)")
 }
 
-fn fixture_passes(be: &mut dyn Backend) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt-tiny");
+/// The rows of the fixture folder `tests/fixtures/<name>` on `be`, every one within its
+/// tolerance.
+fn fixture_rows(be: &mut dyn Backend, name: &str) -> Vec<selfish::compare::Row> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     let rows = check_fixture(be, &dir).unwrap();
-    assert!(
-        rows.len() > 40,
-        "expected every quantity, got {} rows",
-        rows.len()
-    );
     let bad: Vec<_> = rows.iter().filter(|r| !r.ok).collect();
     assert!(
         bad.is_empty(),
         "{} disagrees with PyTorch: {bad:#?}",
         be.name()
+    );
+    rows
+}
+
+fn fixture_passes(be: &mut dyn Backend) {
+    let rows = fixture_rows(be, "gpt-tiny");
+    assert!(
+        rows.len() > 40,
+        "expected every quantity, got {} rows",
+        rows.len()
     );
 }
 
@@ -42,7 +52,40 @@ fn fixture_matches_pytorch_on_cpu() {
     fixture_passes(&mut CpuBackend::new());
 }
 
+/// Every case of `tests/fixtures/losses` (the paper's baselines and ablations, PyTorch
+/// autograd): each step's loss and every gradient.
+fn loss_fixtures_pass(be: &mut dyn Backend) {
+    let rows = fixture_rows(be, "losses");
+    let cases: std::collections::BTreeSet<&str> =
+        rows.iter().filter_map(|r| r.op.split(':').next()).collect();
+    assert_eq!(cases.len(), 14, "{cases:?}");
+    for case in &cases {
+        let steps = if case.starts_with("agg") { 3 } else { 1 };
+        let grads = rows
+            .iter()
+            .filter(|r| r.op.starts_with(&format!("{case}: grad.step")))
+            .count();
+        let params = if case.starts_with("untied") { 16 } else { 15 };
+        assert_eq!(grads, steps * params, "{case}");
+    }
+}
+
+#[test]
+fn loss_fixtures_match_pytorch_on_gpu() {
+    loss_fixtures_pass(&mut gpu());
+}
+
+#[test]
+fn loss_fixtures_match_pytorch_on_cpu() {
+    loss_fixtures_pass(&mut CpuBackend::new());
+}
+
+/// `--untied` spelled after the loss: `margin:1 untied`.
 fn tiny_config(data: &Dataset, steps: u64, loss: &str) -> TrainConfig {
+    let (loss, untied) = match loss.strip_suffix(" untied") {
+        Some(l) => (l, true),
+        None => (loss, false),
+    };
     TrainConfig {
         model: GptConfig {
             vocab_size: data.model_vocab(),
@@ -50,7 +93,7 @@ fn tiny_config(data: &Dataset, steps: u64, loss: &str) -> TrainConfig {
             n_layer: 2,
             n_head: 2,
             n_embd: 32,
-            untied: false,
+            untied,
         },
         batch_size: 4,
         steps,
@@ -89,6 +132,20 @@ fn gpu_and_cpu_training_agree_over_20_steps() {
         "hard:6",
         "hard:4+counterpart+margin:3",
         "sampled:8",
+        "cosreg:1",
+        "adv:0.5",
+        "cwt",
+        "agg:0.3:4",
+        "margin:1+softminus:5",
+        "margin:2+softminus:1+detach-threshold",
+        "margin:1+detach-under",
+        "margin-w:2",
+        "margin-h:0.25",
+        "margin-wh:0.3",
+        "margin:1+logit-scale:0.46",
+        "sampled:8+logit-scale:0.5",
+        "plain untied",
+        "margin:1 untied",
     ] {
         let cfg = tiny_config(&data, 20, loss);
         let dir = common::tempdir("agree");
@@ -110,9 +167,16 @@ fn gpu_and_cpu_training_agree_over_20_steps() {
 fn same_seed_same_losses_and_resume_is_exact() {
     let data = Dataset::from_text(&common::synthetic_text(20_000, 42), 0.1).unwrap();
     let mut be = gpu();
-    // sampled:K also checks that the negatives depend on (step, seed) only.
-    for loss in ["margin:2", "sampled:4"] {
-        let dir = common::tempdir(&format!("resume-{}", loss.replace(':', "")));
+    // sampled:K also checks that the negatives depend on (step, seed) only; agg that its
+    // count window (4 steps, so it slides before the stop) is saved and restored.
+    for loss in [
+        "margin:2",
+        "sampled:4",
+        "agg:0.3:4",
+        "margin:1+logit-scale:0.46 untied",
+    ] {
+        let tag: String = loss.chars().filter(|c| c.is_alphanumeric()).collect();
+        let dir = common::tempdir(&format!("resume-{tag}"));
         let full_cfg = tiny_config(&data, 12, loss);
         let a = run(&mut be, &full_cfg, &data, &dir.join("a"), false);
         let b = run(&mut be, &full_cfg, &data, &dir.join("b"), false);

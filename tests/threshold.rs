@@ -44,16 +44,16 @@ fn run(be: &mut dyn Backend, margin: Option<f32>, seed: u64) -> (Vec<f32>, Vec<f
                 out: masked,
             }
             .op(),
-            CrossEntropy {
+            CrossEntropy::new(
                 rows,
                 cols,
-                keep: cross_entropy::Keep::from_margin(margin),
-                scale: 1.0 / rows as f32,
-                logits: l,
-                targets: t,
+                cross_entropy::Keep::from_margin(margin),
+                1.0 / rows as f32,
+                l,
+                t,
                 losses,
-                dlogits: dl,
-            }
+                dl,
+            )
             .op(),
         ])
         .unwrap();

@@ -51,14 +51,18 @@ macro_rules! shader {
 }
 
 pub mod adamw;
+pub mod agg;
 pub mod attention;
 pub mod case;
+pub mod cosreg;
 pub mod cross_entropy;
+pub mod cwt;
 pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
 pub mod residual;
+pub mod row_norms;
 pub mod sampled_loss;
 pub mod softmax;
 pub mod threshold;
@@ -71,6 +75,10 @@ pub const OPS: &[OpEntry] = &[
     OpEntry { name: "threshold", shaders: &[&threshold::SHADER], cases: threshold::cases },
     OpEntry { name: "cross_entropy", shaders: &[&cross_entropy::SHADER], cases: cross_entropy::cases },
     OpEntry { name: "sampled_loss", shaders: &[&sampled_loss::SHADER], cases: sampled_loss::cases },
+    OpEntry { name: "row_norms", shaders: &[&row_norms::SHADER], cases: row_norms::cases },
+    OpEntry { name: "cosreg", shaders: &[&cosreg::SHADER], cases: cosreg::cases },
+    OpEntry { name: "cwt", shaders: &[&cwt::SHADER], cases: cwt::cases },
+    OpEntry { name: "agg", shaders: &[&agg::SHADER], cases: agg::cases },
     OpEntry { name: "layernorm", shaders: &[&layernorm::SHADER], cases: layernorm::cases },
     OpEntry { name: "gelu", shaders: &[&gelu::SHADER], cases: gelu::cases },
     OpEntry { name: "attention", shaders: &[&attention::SHADER], cases: attention::cases },

@@ -17,6 +17,7 @@ uniform! {
         pub cols: u32,
         pub k: u32,
         pub scale: f32,
+        pub logit_scale: f32,
     }
 }
 
@@ -97,6 +98,8 @@ pub struct SampledLoss {
     pub cols: u32,
     pub k: u32,
     pub scale: f32,
+    /// Logits times S first (the paper's training temperature); 1: off.
+    pub logit_scale: f32,
     pub logits: Buf,
     pub targets: Buf,
     pub cdf: Buf,
@@ -117,6 +120,7 @@ impl Kernel for SampledLoss {
             cols: self.cols,
             k: self.k,
             scale: self.scale,
+            logit_scale: self.logit_scale,
         };
         vec![Launch::new(&SHADER, "sampled_loss", &p, grid(self.rows))
             .bind("logits", self.logits)
@@ -132,7 +136,7 @@ impl Kernel for SampledLoss {
                 self.rows,
                 self.cols,
                 self.k,
-                self.scale,
+                (self.scale, self.logit_scale),
                 m.f(self.logits),
                 m.u(self.targets),
                 m.u(self.cdf),
@@ -176,11 +180,17 @@ pub fn cases() -> Vec<Case> {
         (768, 130, 64),
     ]
     .into_iter()
-    .map(|(rows, cols, k)| {
+    .flat_map(|(rows, cols, k)| [(rows, cols, k, 1.0), (rows, cols, k, 0.46)])
+    .map(|(rows, cols, k, logit_scale)| {
         let n = (rows * cols) as usize;
+        let x = if logit_scale == 1.0 {
+            String::new()
+        } else {
+            format!(" x{logit_scale}")
+        };
         Case::new(
             "sampled_loss fwd+bwd",
-            format!("[{rows}x{cols}] sampled:{k}"),
+            format!("[{rows}x{cols}] sampled:{k}{x}"),
         )
         .input("logits", n, Init::Normal(2.0))
         .words("targets", rows as usize, Init::Tokens(cols))
@@ -197,6 +207,7 @@ pub fn cases() -> Vec<Case> {
                     cols,
                     k,
                     scale: 1.0 / rows as f32,
+                    logit_scale,
                     logits: b["logits"],
                     targets: b["targets"],
                     cdf: b["cdf"],
@@ -265,13 +276,14 @@ pub fn row(
     loss
 }
 
-/// CPU twin; accumulates in f64.
+/// CPU twin; accumulates in f64. The logits are scaled in f32, as the shader does, and the
+/// gradient's factor takes the scale with it.
 #[allow(clippy::too_many_arguments)]
 pub fn cpu(
     rows: u32,
     cols: u32,
     k: u32,
-    scale: f32,
+    (scale, logit_scale): (f32, f32),
     logits: &[f32],
     targets: &[u32],
     cdf: &[u32],
@@ -285,11 +297,15 @@ pub fn cpu(
     for r in 0..rows as usize {
         let negs: Vec<u32> = (0..k).map(|i| draw(seeds, r as u32, i, cdf)).collect();
         let rg = r * cols..(r + 1) * cols;
+        let v: Vec<f32> = logits[rg.clone()]
+            .iter()
+            .map(|&l| l * logit_scale)
+            .collect();
         losses[r] = row(
-            &logits[rg.clone()],
+            &v,
             targets[r] as usize,
             &negs,
-            scale,
+            scale * logit_scale,
             Some(&mut dlogits[rg]),
         ) as f32;
     }
@@ -343,7 +359,7 @@ mod tests {
             rows as u32,
             cols as u32,
             k,
-            1.0 / rows as f32,
+            (1.0 / rows as f32, 1.0),
             &logits,
             &targets,
             &table,

@@ -512,7 +512,8 @@ impl Gpt {
         let adam_m = alloc("adam_m ")?;
         let adam_v = alloc("adam_v ")?;
         let acts = Acts::alloc(be, &cfg, batch, specs.len())?;
-        let loss_bufs = LossBufs::alloc(&loss_plan, be, cfg.vocab_size)?;
+        let rows = batch * cfg.block_size;
+        let loss_bufs = LossBufs::alloc(&loss_plan, be, cfg.vocab_size, cfg.n_embd, rows)?;
         let (b, t, c, v) = (
             batch as u32,
             cfg.block_size as u32,
@@ -615,13 +616,12 @@ impl Gpt {
     fn backward_ops(&self, f: &mut Rec) {
         let (p, g, a, c) = (&self.params, &self.grads, &self.acts, f.c);
         let (s, att) = (f.emb, f.att);
-        f.ops.extend(loss::record(
-            &self.loss_plan,
-            &self.loss_bufs,
-            &self.loss_io(f),
-        ));
+        let lo = loss::record(&self.loss_plan, &self.loss_bufs, &self.loss_io(f));
+        f.ops.extend(lo.loss);
         // The tied head writes dwte first; the embedding's backward adds its part at the end.
-        f.linear_bwd(a.ln_f.y, *p.head(), a.dlogits, a.dln, *g.head(), [f.v, c]);
+        f.linear_dx(*p.head(), a.dlogits, a.dln, [f.v, c]);
+        f.linear_dw(a.ln_f.y, lo.head_dw, *g.head(), [f.v, c], false);
+        f.ops.extend(lo.hidden);
         let last = self.block_input(p.h.len());
         f.layernorm_bwd(last, p.ln_f, &a.ln_f, a.dln, a.dres, g.ln_f, false);
         for (l, ((w, gw), h)) in p.h.iter().zip(&g.h).zip(&a.h).enumerate().rev() {
@@ -668,6 +668,7 @@ impl Gpt {
             dwte: g.wte,
             dwpe: g.wpe,
         });
+        f.ops.extend(lo.params);
     }
 
     fn update_ops(&self, f: &mut Rec) {
@@ -717,16 +718,16 @@ impl Gpt {
         let a = &self.acts;
         let (rows, cols) = (f.bt, f.v);
         let scale = 1.0 / rows as f32;
-        f.push(CrossEntropy {
+        f.push(CrossEntropy::new(
             rows,
             cols,
-            keep: Keep::default(),
+            Keep::default(),
             scale,
-            logits: a.logits,
-            targets: a.targets,
-            losses: a.plain_losses,
-            dlogits: a.dlogits,
-        });
+            a.logits,
+            a.targets,
+            a.plain_losses,
+            a.dlogits,
+        ));
         f.push(Mean {
             n: rows,
             x: a.plain_losses,
@@ -739,11 +740,17 @@ impl Gpt {
         LossIo {
             rows: f.bt,
             cols: f.v,
+            c: f.c,
             logits: a.logits,
             targets: a.targets,
             losses: a.losses,
             loss: a.loss,
             dlogits: a.dlogits,
+            h: a.ln_f.y,
+            dh: a.dln,
+            head: *self.params.head(),
+            wte: self.params.wte,
+            dwte: self.grads.wte,
         }
     }
 

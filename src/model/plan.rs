@@ -10,17 +10,20 @@ use crate::loss::Loss;
 use crate::model::{Gpt, GptConfig, OptConfig, MAX_BUFFER_VALUES};
 use crate::runtime::{ready, Backend, Mark, Pending, Seq};
 
-/// One buffer of the model: `fixed + batch * per_row` bytes.
+/// One buffer of the model: `fixed + batch * per_row + batch² * per_pair` bytes (the
+/// last for losses that compare every position of a batch with every other, like `cwt`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BufferNeed {
     pub label: String,
     pub fixed: u64,
     pub per_row: u64,
+    pub per_pair: u64,
 }
 
 impl BufferNeed {
     pub fn bytes(&self, batch: usize) -> u128 {
-        self.fixed as u128 + batch as u128 * self.per_row as u128
+        let b = batch as u128;
+        self.fixed as u128 + b * self.per_row as u128 + b * b * self.per_pair as u128
     }
 }
 
@@ -70,24 +73,33 @@ impl Backend for Sizer {
 }
 
 /// Every buffer `Gpt::new` allocates, as a function of the batch size. Measured by running
-/// the constructor on a recording backend at batch 1 and 2 (every buffer is affine in the
-/// batch), so it cannot drift from what the constructor really allocates.
+/// the constructor on a recording backend at batch 1, 2 and 3 (every buffer is at most
+/// quadratic in the batch), so it cannot drift from what the constructor really allocates.
 pub fn buffer_plan(cfg: &GptConfig, loss_fn: &Loss, opt: OptConfig) -> Result<Vec<BufferNeed>> {
     cfg.validate()?;
-    let mut one = Sizer::default();
-    Gpt::build(&mut one, *cfg, 1, loss_fn, opt)?;
-    let mut two = Sizer::default();
-    Gpt::build(&mut two, *cfg, 2, loss_fn, opt)?;
+    let mut sized = Vec::new();
+    for batch in 1..=3 {
+        let mut s = Sizer::default();
+        Gpt::build(&mut s, *cfg, batch, loss_fn, opt)?;
+        sized.push(s.bufs);
+    }
+    let [one, two, three] = <[_; 3]>::try_from(sized).expect("three sizes");
     Ok(one
-        .bufs
         .into_iter()
-        .zip(two.bufs)
-        .map(|((label, a), (_, b))| {
-            let (a, b) = (4 * a.max(1) as u64, 4 * b.max(1) as u64);
+        .zip(two)
+        .zip(three)
+        .map(|(((label, a), (_, b)), (_, c))| {
+            // f(B) = x + yB + zB² through f(1), f(2), f(3), in bytes (a zero-length
+            // buffer still takes 4).
+            let [a, b, c] = [a, b, c].map(|n| 4 * n.max(1) as i128);
+            let z = (c - 2 * b + a) / 2;
+            let y = b - a - 3 * z;
+            let x = a - y - z;
             BufferNeed {
                 label,
-                fixed: (2 * a).saturating_sub(b),
-                per_row: b - a,
+                fixed: x.max(0) as u64,
+                per_row: y.max(0) as u64,
+                per_pair: z.max(0) as u64,
             }
         })
         .collect())
@@ -108,14 +120,23 @@ fn human(bytes: u128) -> String {
     }
 }
 
-/// What to change so that `fixed + batch * per_row <= cap`.
-fn batch_fix(fixed: u128, per_row: u128, cap: u128) -> String {
-    if per_row == 0 {
+/// What to change so that `bytes(batch) <= cap`.
+fn batch_fix(bytes: impl Fn(usize) -> u128, cap: u128) -> String {
+    if bytes(1 << 40) == bytes(0) {
         return "lower --n-embd (the parameters alone are too big)".into();
     }
-    let most = cap.saturating_sub(fixed) / per_row;
-    if most >= 1 {
-        format!("lower --batch-size to {most} or less, or lower --block-size")
+    // The largest batch that fits: bytes only grow with the batch.
+    let (mut lo, mut hi) = (0usize, 1usize << 40);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if bytes(mid) <= cap {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    if lo >= 1 {
+        format!("lower --batch-size to {lo} or less, or lower --block-size")
     } else {
         "even --batch-size 1 does not fit: lower --block-size or --n-embd".into()
     }
@@ -127,14 +148,14 @@ pub fn check_fits(plan: &[BufferNeed], batch: usize, be: &dyn Backend) -> Result
         return Ok(());
     };
     let bytes = big.bytes(batch);
-    let (fixed, per_row) = (big.fixed as u128, big.per_row as u128);
+    let one = |b: usize| big.bytes(b);
     let kernel_cap = 4 * MAX_BUFFER_VALUES as u128;
     if bytes > kernel_cap {
         bail!(
             "buffer '{}' would hold {} values at batch size {batch}, over the {MAX_BUFFER_VALUES} a kernel can index: {}",
             big.label,
             bytes / 4,
-            batch_fix(fixed, per_row, kernel_cap)
+            batch_fix(one, kernel_cap)
         );
     }
     if let Some((cap, limit)) = be.max_buffer_bytes() {
@@ -145,20 +166,19 @@ pub fn check_fits(plan: &[BufferNeed], batch: usize, be: &dyn Backend) -> Result
                 human(bytes),
                 be.name(),
                 human(cap as u128),
-                batch_fix(fixed, per_row, cap as u128)
+                batch_fix(one, cap as u128)
             );
         }
     }
     if let Some((budget, source)) = be.memory_budget() {
-        let fixed: u128 = plan.iter().map(|n| n.fixed as u128).sum();
-        let per_row: u128 = plan.iter().map(|n| n.per_row as u128).sum();
-        let total = fixed + batch as u128 * per_row;
+        let all = |b: usize| plan.iter().map(|n| n.bytes(b)).sum::<u128>();
+        let total = all(batch);
         if total > budget as u128 {
             bail!(
                 "the model's buffers need {total} bytes ({}) at batch size {batch}, but only {} is available ({source}): {}",
                 human(total),
                 human(budget as u128),
-                batch_fix(fixed, per_row, budget as u128)
+                batch_fix(all, budget as u128)
             );
         }
     }
@@ -221,30 +241,26 @@ mod tests {
 
     #[test]
     fn plan_matches_what_the_constructor_allocates() {
-        let plan = buffer_plan(
-            &cfg(),
-            &Loss::parse("margin:1").unwrap(),
-            OptConfig::default(),
-        )
-        .unwrap();
-        for batch in [1, 3, 7] {
-            let mut s = Sizer::default();
-            Gpt::build(
-                &mut s,
-                cfg(),
-                batch,
-                &Loss::parse("margin:1").unwrap(),
-                OptConfig::default(),
-            )
-            .unwrap();
-            assert_eq!(s.bufs.len(), plan.len());
-            for ((label, len), need) in s.bufs.iter().zip(&plan) {
-                assert_eq!(label, &need.label);
-                assert_eq!(
-                    4 * (*len).max(1) as u128,
-                    need.bytes(batch),
-                    "{label} at {batch}"
-                );
+        // cwt's scores grow with the square of the batch; agg and cosreg add buffers.
+        for loss in ["margin:1", "cwt", "agg:0.1:4", "cosreg:1", "margin-wh:0.5"] {
+            let loss = Loss::parse(loss).unwrap();
+            let mut untied = cfg();
+            untied.untied = true;
+            for c in [cfg(), untied] {
+                let plan = buffer_plan(&c, &loss, OptConfig::default()).unwrap();
+                for batch in [1, 3, 7] {
+                    let mut s = Sizer::default();
+                    Gpt::build(&mut s, c, batch, &loss, OptConfig::default()).unwrap();
+                    assert_eq!(s.bufs.len(), plan.len());
+                    for ((label, len), need) in s.bufs.iter().zip(&plan) {
+                        assert_eq!(label, &need.label);
+                        assert_eq!(
+                            4 * (*len).max(1) as u128,
+                            need.bytes(batch),
+                            "{loss} {label} at {batch}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -15,7 +15,7 @@ use crate::analysis::{roles, FreqGroups, Roles, StepBuffers};
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::Dataset;
 use crate::eval::{self, GroupSums};
-use crate::loss::{noise_weights, Loss};
+use crate::loss::{noise_weights, Loss, LossState};
 use crate::model::{init_params, Gpt, GptConfig, OptConfig};
 use crate::rng::Rng;
 use crate::runlog::LogLine;
@@ -82,7 +82,11 @@ impl TrainConfig {
                 self.low_resource_prob
             );
         }
-        Ok(())
+        // A loss the vocabulary cannot carry is refused with the data, by `check_data`.
+        match self.loss.plan(self.model.vocab_size) {
+            Ok(p) => p.check_rows(self.batch_size * self.model.block_size),
+            Err(_) => Ok(()),
+        }
     }
 
     /// The last step this session trains to.
@@ -119,6 +123,8 @@ pub struct Trainer {
     /// Steps completed.
     pub step: u64,
     rng: Rng,
+    /// What the loss carries from step to step (AGG's count window).
+    pub loss_state: LossState,
     /// With `analysis`: the training text's characters ranked into groups of 10.
     pub groups: Option<FreqGroups>,
     /// The step with the lowest mixed validation loss so far, and that loss.
@@ -179,6 +185,7 @@ impl Trainer {
         t.step = r.step;
         t.rng = r.rng;
         t.best = r.best;
+        t.loss_state.restore(state)?;
         Ok(t)
     }
 
@@ -197,11 +204,13 @@ impl Trainer {
         let groups = cfg
             .analysis
             .then(|| FreqGroups::new(&data.train, v, cfg.model.vocab_size == 2 * v, 10));
+        let loss_state = LossState::new(&model.loss_plan, cfg.model.vocab_size);
         Ok(Trainer {
             model,
             cfg: cfg.clone(),
             step: 0,
             rng: Rng::new(cfg.seed.wrapping_add(0x5e1f)),
+            loss_state,
             groups,
             best: None,
         })
@@ -214,6 +223,7 @@ impl Trainer {
         let (x, y) = data.sample_batch(&mut self.rng, b, t);
         let lr = lr_at(&self.cfg, self.step);
         self.model.set_batch(be, &x, &y);
+        self.loss_state.before_step(&self.model.loss_bufs, be, &y);
         self.model.set_step(be, lr, self.step + 1);
         self.model.train_step(be)?;
         self.step += 1;
@@ -266,7 +276,8 @@ impl Trainer {
     /// The checkpoint of the step reached; its state names the best step so far.
     pub async fn checkpoint(&self, be: &mut dyn Backend, data: &Dataset) -> Result<Checkpoint> {
         let (m, cfg) = (&self.model, &self.cfg);
-        let mut c = Checkpoint::take(m, be, &data.vocab, cfg, self.step, &self.rng).await?;
+        let at = (&self.rng, &self.loss_state);
+        let mut c = Checkpoint::take(m, be, &data.vocab, cfg, self.step, at).await?;
         if let Some((step, val)) = self.best {
             c.state.set_meta("best_step", step);
             c.state.set_meta("best_val", val);
