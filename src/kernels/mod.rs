@@ -117,8 +117,14 @@ pub const REDUCE: Lib = Lib {
     source: include_str!("../../shaders/lib/reduce.wgsl"),
 };
 
+/// The matmul shaders' uniform, bindings and epilogue.
+pub const MATMUL: Lib = Lib {
+    name: "lib/matmul",
+    source: include_str!("../../shaders/lib/matmul.wgsl"),
+};
+
 /// Every shared WGSL file.
-pub const LIBS: &[&Lib] = &[&REDUCE];
+pub const LIBS: &[&Lib] = &[&REDUCE, &MATMUL];
 
 /// A WGSL file and what compiling it needs.
 pub struct Shader {
