@@ -7,6 +7,7 @@
 //! - `runtime`: the executors (GPU, CPU) of op lists; `gpu` opens the device.
 //! - `model`: the GPT over any backend; `loss`: the training losses.
 //! - `train`, `eval`, `checkpoint`: training, evaluation and sampling, checkpoints.
+//! - `settings`: a run's settings as the command line and the page both take them.
 //! - the tools around them: `check`, `fixture`, `experiment`, `report`, `bench`, `tune`.
 
 pub mod analysis;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod model;
 pub mod rng;
 pub mod runtime;
+pub mod settings;
 pub mod tensorfile;
 pub mod train;
 

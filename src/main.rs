@@ -13,6 +13,7 @@ use selfish::loss::{self, Loss};
 use selfish::metrics::LangMetrics;
 use selfish::model::{GptConfig, Preset};
 use selfish::runtime::GpuBackend;
+use selfish::settings::{parse_margin, RunSettings};
 use selfish::train::{self, TrainConfig};
 use selfish::{args, bench, check, eval, experiment, fixture, gpu, report, tune};
 
@@ -33,7 +34,8 @@ struct Cli {
 /// Model size flags shared by `train`, `experiment` and `tune`.
 #[derive(clap::Args, Clone, Debug)]
 struct ModelArgs {
-    /// paper (4 layers, 4 heads, width 128, block 64, batch 12) or large (6, 6, 384, 256, 64).
+    /// paper (4 layers, 4 heads, width 128, block 64, batch 12), large (6, 6, 384, 256, 64)
+    /// or tiny (2, 2, 64, 32, 8).
     #[arg(long, default_value = "paper")]
     config: String,
     /// Transformer blocks (overrides --config).
@@ -79,33 +81,8 @@ struct RunArgs {
     /// Text file to train on (default: tiny Shakespeare in data/, downloaded when missing).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Training steps (the schedule's length).
-    #[arg(long, default_value_t = 8000, value_parser = args::steps)]
-    steps: u64,
-    /// Peak learning rate, reached after --warmup steps.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f32,
-    /// Learning rate at the last step (cosine decay).
-    #[arg(long, default_value_t = 1e-4)]
-    min_lr: f32,
-    /// Linear warm-up steps.
-    #[arg(long, default_value_t = 100, value_parser = args::steps)]
-    warmup: u64,
-    /// Share of training sequences written in the shifted (low-resource) alphabet; 0 for one language.
-    #[arg(long, default_value_t = 0.02)]
-    low_resource_prob: f64,
-    /// Seed of the initial weights and of the batches.
-    #[arg(long, default_value_t = 1337)]
-    seed: u64,
-    /// Steps between validation losses and checkpoints (0: only at the end).
-    #[arg(long, default_value_t = 500, value_parser = args::steps)]
-    eval_interval: u64,
-    /// Validation batches per language at each eval.
-    #[arg(long, default_value_t = 20, value_parser = args::count)]
-    eval_batches: usize,
-    /// Steps between logged (and NaN-checked) training losses.
-    #[arg(long, default_value_t = 50, value_parser = args::steps)]
-    log_interval: u64,
+    #[command(flatten)]
+    settings: RunSettings,
     /// vulkan, metal, dx12, gl, or cpu (the CPU twins).
     #[arg(long)]
     backend: Option<String>,
@@ -114,25 +91,11 @@ struct RunArgs {
 impl RunArgs {
     /// The dataset and a training configuration with the plain loss.
     fn config(&self, model: &ModelArgs, analysis: bool) -> Result<(Dataset, TrainConfig)> {
-        let dataset = load_dataset(self.data.as_deref(), self.low_resource_prob)?;
+        let dataset = load_dataset(self.data.as_deref(), self.settings.low_resource_prob)?;
         let (cfg, batch_size) = model.config(dataset.model_vocab())?;
-        let tc = TrainConfig {
-            model: cfg,
-            batch_size,
-            steps: self.steps,
-            lr: self.lr,
-            min_lr: self.min_lr,
-            warmup: self.warmup,
-            loss: Loss::plain(),
-            low_resource_prob: self.low_resource_prob,
-            seed: self.seed,
-            eval_interval: self.eval_interval,
-            eval_batches: self.eval_batches,
-            log_interval: self.log_interval,
-            stop_after: None,
-            analysis,
-        };
-        tc.validate()?;
+        let tc = self
+            .settings
+            .train_config(cfg, batch_size, Loss::plain(), analysis)?;
         Ok((dataset, tc))
     }
 }
@@ -487,18 +450,6 @@ fn corpus(path: Option<&Path>) -> Result<PathBuf> {
     match path {
         Some(p) => Ok(p.to_path_buf()),
         None => data::ensure_corpus(Path::new(DEFAULT_DATA)),
-    }
-}
-
-fn parse_margin(s: &str) -> Result<Option<f32>> {
-    if s.eq_ignore_ascii_case("off") {
-        return Ok(None);
-    }
-    match loss::parse_margin(s) {
-        Some(m) => Ok(Some(m)),
-        None => bail!(
-            "invalid margin '{s}': pass a finite number >= 0, or `off` for plain cross-entropy"
-        ),
     }
 }
 
