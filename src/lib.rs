@@ -9,6 +9,7 @@
 //! - `train`, `eval`, `checkpoint`: training, evaluation and sampling, checkpoints.
 //! - `settings`: a run's settings as the command line and the page both take them.
 //! - the tools around them: `check`, `fixture`, `experiment`, `report`, `bench`, `tune`.
+//! - `web` (wasm32): the page's entry points.
 
 pub mod analysis;
 pub mod args;
@@ -23,7 +24,9 @@ pub mod kernels;
 pub mod loss;
 pub mod metrics;
 pub mod model;
+pub mod plot;
 pub mod rng;
+pub mod runlog;
 pub mod runtime;
 pub mod settings;
 pub mod tensorfile;
@@ -38,10 +41,8 @@ pub mod experiment;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fsio;
 #[cfg(not(target_arch = "wasm32"))]
-pub mod plot;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod report;
 #[cfg(not(target_arch = "wasm32"))]
-pub mod runlog;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod tune;
+#[cfg(target_arch = "wasm32")]
+pub mod web;

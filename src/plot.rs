@@ -2,9 +2,12 @@
 //!
 //! A chart is a grid of panels; each panel holds named series. Log axes are drawn by
 //! plotting log10 of the data on a linear axis and labelling ticks with the original
-//! values, which keeps one code path for every axis kind and both output formats.
+//! values, which keeps one code path for every axis kind and both output formats. The page
+//! draws its live chart with the same code, as SVG text.
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
+#[cfg(not(target_arch = "wasm32"))]
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, Result};
@@ -57,10 +60,12 @@ pub fn color(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
-/// Loads a system sans-serif font once (both backends measure text with it).
-fn font_ready() -> bool {
+/// Loads a system sans-serif font once (both backends measure text with it). In a browser,
+/// plotters measures text with the page's own fonts.
+#[cfg(not(target_arch = "wasm32"))]
+fn fonts() -> Result<()> {
     static READY: OnceLock<bool> = OnceLock::new();
-    *READY.get_or_init(|| {
+    let ready = *READY.get_or_init(|| {
         let candidates = [
             std::env::var("SELFISH_FONT").unwrap_or_default(),
             "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf".into(),
@@ -80,20 +85,33 @@ fn font_ready() -> bool {
             }
         }
         false
-    })
-}
-
-/// Writes `<stem>.svg` and `<stem>.png`.
-pub fn chart(stem: &Path, title: &str, cols: usize, panels: &[Panel]) -> Result<()> {
-    if !font_ready() {
+    });
+    if !ready {
         return Err(anyhow!(
             "no TrueType font for chart labels: install one (Debian: `apt-get install \
              fonts-dejavu-core`) or point SELFISH_FONT at a .ttf file"
         ));
     }
+    Ok(())
+}
+
+#[cfg(target_arch = "wasm32")]
+fn fonts() -> Result<()> {
+    Ok(())
+}
+
+/// Columns actually used and the picture's size for a grid of panels.
+fn layout(cols: usize, panels: &[Panel]) -> (usize, (u32, u32)) {
     let cols = cols.clamp(1, panels.len().max(1));
     let rows = panels.len().div_ceil(cols).max(1);
-    let size = (cols as u32 * 520, rows as u32 * 380 + 40);
+    (cols, (cols as u32 * 520, rows as u32 * 380 + 40))
+}
+
+/// Writes `<stem>.svg` and `<stem>.png`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn chart(stem: &Path, title: &str, cols: usize, panels: &[Panel]) -> Result<()> {
+    fonts()?;
+    let (cols, size) = layout(cols, panels);
     let svg = stem.with_extension("svg");
     {
         let root = SVGBackend::new(&svg, size).into_drawing_area();
@@ -107,6 +125,20 @@ pub fn chart(stem: &Path, title: &str, cols: usize, panels: &[Panel]) -> Result<
     root.present()
         .map_err(|e| anyhow!("cannot write '{}': {e}", png.display()))?;
     Ok(())
+}
+
+/// The chart as SVG text (the page's live chart).
+pub fn svg(title: &str, cols: usize, panels: &[Panel]) -> Result<String> {
+    fonts()?;
+    let (cols, size) = layout(cols, panels);
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
+        draw(&root, title, cols, panels)?;
+        root.present()
+            .map_err(|e| anyhow!("drawing a chart failed: {e}"))?;
+    }
+    Ok(out)
 }
 
 fn draw<DB: DrawingBackend>(
@@ -282,9 +314,10 @@ mod tests {
             ],
             ..Default::default()
         };
-        chart(&dir.join("c"), "test", 2, &[panel.clone(), panel]).unwrap();
+        chart(&dir.join("c"), "test", 2, &[panel.clone(), panel.clone()]).unwrap();
         let svg = std::fs::read_to_string(dir.join("c.svg")).unwrap();
         assert!(svg.contains("<svg") && svg.contains("plain"));
+        assert_eq!(super::svg("test", 2, &[panel.clone(), panel]).unwrap(), svg);
         let bytes = std::fs::read(dir.join("c.png")).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
         if std::env::var_os("KEEP_PLOT").is_none() {
