@@ -9,7 +9,7 @@
 //! - `train`, `eval`, `checkpoint`: training, evaluation and sampling, checkpoints.
 //! - `settings`: a run's settings as the command line and the page both take them.
 //! - the tools around them: `check`, `fixture`, `experiment`, `report`, `bench`, `tune`.
-//! - `web` (wasm32): the page's entry points.
+//! - `web` (wasm32): the page's entry points; `serve` (native): the page on 127.0.0.1.
 
 pub mod analysis;
 pub mod args;
@@ -42,6 +42,8 @@ pub mod experiment;
 pub mod fsio;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod report;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod serve;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod tune;
 #[cfg(target_arch = "wasm32")]

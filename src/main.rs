@@ -15,7 +15,7 @@ use selfish::model::{GptConfig, Preset};
 use selfish::runtime::GpuBackend;
 use selfish::settings::{parse_margin, RunSettings};
 use selfish::train::{self, TrainConfig};
-use selfish::{args, bench, check, eval, experiment, fixture, gpu, report, tune};
+use selfish::{args, bench, check, eval, experiment, fixture, gpu, report, serve, tune};
 
 /// The corpus path when --data is not given.
 const DEFAULT_DATA: &str = "data/tinyshakespeare.txt";
@@ -262,6 +262,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the page that trains in the browser (WebGPU) on 127.0.0.1; build it first with
+    /// web/build.sh.
+    Serve {
+        /// Port to listen on (0: any free port).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// The selfish repository holding web/ and data/ (default: the current folder, else
+        /// the checkout this binary was built from).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run every kernel on the GPU and on its CPU twin and compare them.
     Check {
         /// vulkan, metal, dx12 or gl (default: wgpu's choice, honouring WGPU_BACKEND).
@@ -378,6 +389,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Devices { backend, json } => cmd_devices(backend.as_deref(), json),
+        Cmd::Serve { port, dir } => cmd_serve(port, dir.as_deref()),
         Cmd::Tune {
             model,
             vocab,
@@ -633,6 +645,23 @@ fn catch_ctrl_c() {
     if let Err(e) = ctrlc::set_handler(handler) {
         eprintln!("warning: Ctrl-C will not save a checkpoint ({e})");
     }
+}
+
+fn cmd_serve(port: u16, dir: Option<&Path>) -> Result<ExitCode> {
+    let root = serve::root(dir)?;
+    let listener = serve::bind(port)?;
+    if !root.join("web/pkg/selfish.js").is_file() {
+        eprintln!(
+            "warning: web/pkg is missing under '{}': build the page with web/build.sh",
+            root.display()
+        );
+    }
+    println!(
+        "serving the page at http://{}/ (Ctrl-C stops)",
+        listener.local_addr()?
+    );
+    serve::serve(&root, listener)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_devices(backend: Option<&str>, json: bool) -> Result<ExitCode> {
