@@ -116,23 +116,18 @@ mod tests {
     fn urls_map_into_the_served_folders_only() {
         let r = Path::new("/repo");
         let f = |u| file_for(r, u).map(|p| p.display().to_string());
-        assert_eq!(f("/").as_deref(), Some("/repo/web/index.html"));
-        assert_eq!(
-            f("/?autorun=1&steps=3").as_deref(),
-            Some("/repo/web/index.html")
-        );
-        assert_eq!(
-            f("/pkg/selfish.js").as_deref(),
-            Some("/repo/web/pkg/selfish.js")
-        );
-        assert_eq!(
-            f("/data/tinyshakespeare.txt").as_deref(),
-            Some("/repo/data/tinyshakespeare.txt")
-        );
-        assert_eq!(
-            f("/fixtures/gpt-tiny/init.safetensors").as_deref(),
-            Some("/repo/tests/fixtures/gpt-tiny/init.safetensors")
-        );
+        for (url, file) in [
+            ("/", "web/index.html"),
+            ("/?autorun=1&steps=3", "web/index.html"),
+            ("/pkg/selfish.js", "web/pkg/selfish.js"),
+            ("/data/tinyshakespeare.txt", "data/tinyshakespeare.txt"),
+            (
+                "/fixtures/gpt-tiny/init.safetensors",
+                "tests/fixtures/gpt-tiny/init.safetensors",
+            ),
+        ] {
+            assert_eq!(f(url), Some(format!("/repo/{file}")), "{url}");
+        }
         for bad in [
             "/../Cargo.toml",
             "/data/../src/lib.rs",

@@ -16,13 +16,13 @@ if [ "$have" != "$want" ]; then
   echo "web/build.sh: wasm-bindgen $have is installed but Cargo.lock has $want: run \`$install\`" >&2
   exit 1
 fi
-if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+if ! rustup target list --installed 2>/dev/null | grep -x wasm32-unknown-unknown >/dev/null; then
   echo "web/build.sh: the wasm32 target is missing: run \`rustup target add wasm32-unknown-unknown\`" >&2
   exit 1
 fi
 
 # A cdylib only for this build, so native builds do not link a shared library they never use.
-cargo rustc --quiet --lib --release --target wasm32-unknown-unknown --crate-type cdylib
+cargo rustc --lib --release --target wasm32-unknown-unknown --crate-type cdylib
 target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 wasm-bindgen --target web --no-typescript --out-dir web/pkg --out-name selfish \
   "$target/wasm32-unknown-unknown/release/selfish.wasm"

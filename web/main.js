@@ -140,7 +140,7 @@ function offerDownloads() {
     a.href = url;
     a.textContent = `${a.download} (step ${step})`;
   }
-  $("results").hidden = false;
+  $("downloads").hidden = step == null;
 }
 
 const COLUMNS = [
@@ -193,6 +193,7 @@ async function train() {
   say("");
   for (const id of ["log", "sample"]) $(id).textContent = "";
   $("results").hidden = true;
+  $("downloads").hidden = true;
   $("start").disabled = true;
   let ok = false;
   try {
@@ -200,6 +201,7 @@ async function train() {
     const sf = $("state-file").files[0];
     const state = sf ? new Uint8Array(await sf.arrayBuffer()) : undefined;
     session?.free();
+    session = null;
     session = await selfish.open_session(JSON.stringify(settings()), corpus, state, sf ? sf.name : "");
     if (state) offerDownloads();
     $("stop").disabled = false;
@@ -208,6 +210,7 @@ async function train() {
     say("evaluating on the whole validation split…", "note");
     const rows = JSON.parse(await session.evaluate());
     table($("eval"), COLUMNS, rows);
+    $("results").hidden = false;
     say("");
     offerDownloads();
     if (autorun) await sample();
