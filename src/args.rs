@@ -25,6 +25,7 @@ pub fn positive(s: &str) -> Result<f32, String> {
 
 /// A clap error as one line (without the leading `error: `): the message, then any tip,
 /// then where to find the usage.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn clap_error_line(e: &clap::Error) -> String {
     let text = e.render().to_string();
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());

@@ -327,6 +327,20 @@ pub fn restore(st: &TensorFile, model: &Gpt) -> Result<Restored> {
     })
 }
 
+/// What a run of `cfg` on `data` would refuse, checked before anything is allocated.
+pub fn check_run(data: &Dataset, cfg: &TrainConfig) -> Result<()> {
+    cfg.validate()?;
+    if cfg.model.vocab_size < data.model_vocab() {
+        bail!(
+            "vocab_size {} cannot hold the {} token ids of the text: build the config from the data's vocabulary",
+            cfg.model.vocab_size,
+            data.model_vocab()
+        );
+    }
+    data.check_sizes(cfg.model.block_size)?;
+    cfg.loss.check_data(data, cfg.model.vocab_size)
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 pub use files::*;
 
@@ -377,16 +391,7 @@ mod files {
     /// new run over an existing checkpoint is refused, so rerunning a command by mistake
     /// cannot destroy hours of training.
     pub fn preflight(data: &Dataset, cfg: &TrainConfig, out: &Path, resume: bool) -> Result<()> {
-        cfg.validate()?;
-        if cfg.model.vocab_size < data.model_vocab() {
-            bail!(
-                "vocab_size {} cannot hold the {} token ids of the text: build the config from the data's vocabulary",
-                cfg.model.vocab_size,
-                data.model_vocab()
-            );
-        }
-        data.check_sizes(cfg.model.block_size)?;
-        cfg.loss.check_data(data, cfg.model.vocab_size)?;
+        check_run(data, cfg)?;
         let shown = out.display();
         if out.exists() && !out.is_dir() {
             bail!("--out '{shown}' is a file, not a folder: pass a folder for the checkpoints");

@@ -40,6 +40,12 @@ pub fn load_text(path: &Path) -> Result<String> {
     }
     let bytes = fs::read(path)
         .map_err(|e| anyhow!("cannot read data file '{shown}': {e}: check its permissions"))?;
+    decode_text(bytes, &shown.to_string())
+}
+
+/// The text of a file's bytes (read from disk, or uploaded to the page), which must be
+/// non-empty UTF-8.
+pub fn decode_text(bytes: Vec<u8>, shown: &str) -> Result<String> {
     if bytes.is_empty() {
         bail!("data file '{shown}' is empty: pass a non-empty UTF-8 text file");
     }

@@ -210,14 +210,13 @@ impl Gpu {
         }
         #[cfg(target_arch = "wasm32")]
         {
-            // Mapping a tiny buffer resolves once everything submitted before has finished.
-            let probe = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("wait"),
-                size: 4,
-                usage: wgpu::BufferUsages::MAP_READ,
-                mapped_at_creation: false,
+            // The browser calls back from its event loop once the queue has drained.
+            let (tx, rx) = futures_channel::oneshot::channel();
+            self.queue.on_submitted_work_done(move || {
+                let _ = tx.send(());
             });
-            let _: Vec<u32> = self.map_read(&probe).await?;
+            rx.await
+                .map_err(|_| anyhow!("the GPU queue never drained: {RETRY}"))?;
         }
         self.check()
     }
@@ -278,16 +277,24 @@ impl Gpu {
         }
     }
 
-    /// One line naming the adapter, for logs and reports.
+    /// One line naming the adapter, for logs and reports. A browser tells neither the
+    /// adapter's name nor its driver to wgpu; the page shows its own view of the adapter.
     pub fn describe(&self) -> String {
-        format!(
-            "{} ({:?}, {:?}, driver {} {})",
-            self.info.name,
-            self.info.backend,
-            self.info.device_type,
-            self.info.driver,
-            self.info.driver_info
-        )
+        let i = &self.info;
+        let name = if i.name.is_empty() {
+            "unnamed adapter"
+        } else {
+            &i.name
+        };
+        let driver = format!("{} {}", i.driver, i.driver_info);
+        if driver.trim().is_empty() {
+            format!("{name} ({:?}, {:?})", i.backend, i.device_type)
+        } else {
+            format!(
+                "{name} ({:?}, {:?}, driver {driver})",
+                i.backend, i.device_type
+            )
+        }
     }
 }
 

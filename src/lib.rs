@@ -7,7 +7,9 @@
 //! - `runtime`: the executors (GPU, CPU) of op lists; `gpu` opens the device.
 //! - `model`: the GPT over any backend; `loss`: the training losses.
 //! - `train`, `eval`, `checkpoint`: training, evaluation and sampling, checkpoints.
+//! - `settings`: a run's settings as the command line and the page both take them.
 //! - the tools around them: `check`, `fixture`, `experiment`, `report`, `bench`, `tune`.
+//! - `web` (wasm32): the page's entry points; `serve` (native): the page on 127.0.0.1.
 
 pub mod analysis;
 pub mod args;
@@ -22,8 +24,11 @@ pub mod kernels;
 pub mod loss;
 pub mod metrics;
 pub mod model;
+pub mod plot;
 pub mod rng;
+pub mod runlog;
 pub mod runtime;
+pub mod settings;
 pub mod tensorfile;
 pub mod train;
 
@@ -38,10 +43,10 @@ pub mod experiment;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fsio;
 #[cfg(not(target_arch = "wasm32"))]
-pub mod plot;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod report;
 #[cfg(not(target_arch = "wasm32"))]
-pub mod runlog;
+pub mod serve;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod tune;
+#[cfg(target_arch = "wasm32")]
+pub mod web;

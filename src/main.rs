@@ -13,8 +13,9 @@ use selfish::loss::{self, Loss};
 use selfish::metrics::LangMetrics;
 use selfish::model::{GptConfig, Preset};
 use selfish::runtime::GpuBackend;
+use selfish::settings::{parse_margin, RunSettings};
 use selfish::train::{self, TrainConfig};
-use selfish::{args, bench, check, eval, experiment, fixture, gpu, report, tune};
+use selfish::{args, bench, check, eval, experiment, fixture, gpu, report, serve, tune};
 
 /// The corpus path when --data is not given.
 const DEFAULT_DATA: &str = "data/tinyshakespeare.txt";
@@ -33,7 +34,8 @@ struct Cli {
 /// Model size flags shared by `train`, `experiment` and `tune`.
 #[derive(clap::Args, Clone, Debug)]
 struct ModelArgs {
-    /// paper (4 layers, 4 heads, width 128, block 64, batch 12) or large (6, 6, 384, 256, 64).
+    /// paper (4 layers, 4 heads, width 128, block 64, batch 12), large (6, 6, 384, 256, 64)
+    /// or tiny (2, 2, 64, 32, 8).
     #[arg(long, default_value = "paper")]
     config: String,
     /// Transformer blocks (overrides --config).
@@ -83,33 +85,8 @@ struct RunArgs {
     /// Text file to train on (default: tiny Shakespeare in data/, downloaded when missing).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Training steps (the schedule's length).
-    #[arg(long, default_value_t = 8000, value_parser = args::steps)]
-    steps: u64,
-    /// Peak learning rate, reached after --warmup steps.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f32,
-    /// Learning rate at the last step (cosine decay).
-    #[arg(long, default_value_t = 1e-4)]
-    min_lr: f32,
-    /// Linear warm-up steps.
-    #[arg(long, default_value_t = 100, value_parser = args::steps)]
-    warmup: u64,
-    /// Share of training sequences written in the shifted (low-resource) alphabet; 0 for one language.
-    #[arg(long, default_value_t = 0.02)]
-    low_resource_prob: f64,
-    /// Seed of the initial weights and of the batches.
-    #[arg(long, default_value_t = 1337)]
-    seed: u64,
-    /// Steps between validation losses and checkpoints (0: only at the end).
-    #[arg(long, default_value_t = 500, value_parser = args::steps)]
-    eval_interval: u64,
-    /// Validation batches per language at each eval.
-    #[arg(long, default_value_t = 20, value_parser = args::count)]
-    eval_batches: usize,
-    /// Steps between logged (and NaN-checked) training losses.
-    #[arg(long, default_value_t = 50, value_parser = args::steps)]
-    log_interval: u64,
+    #[command(flatten)]
+    settings: RunSettings,
     /// vulkan, metal, dx12, gl, or cpu (the CPU twins).
     #[arg(long)]
     backend: Option<String>,
@@ -118,25 +95,11 @@ struct RunArgs {
 impl RunArgs {
     /// The dataset and a training configuration with the plain loss.
     fn config(&self, model: &ModelArgs, analysis: bool) -> Result<(Dataset, TrainConfig)> {
-        let dataset = load_dataset(self.data.as_deref(), self.low_resource_prob)?;
+        let dataset = load_dataset(self.data.as_deref(), self.settings.low_resource_prob)?;
         let (cfg, batch_size) = model.config(dataset.model_vocab())?;
-        let tc = TrainConfig {
-            model: cfg,
-            batch_size,
-            steps: self.steps,
-            lr: self.lr,
-            min_lr: self.min_lr,
-            warmup: self.warmup,
-            loss: Loss::plain(),
-            low_resource_prob: self.low_resource_prob,
-            seed: self.seed,
-            eval_interval: self.eval_interval,
-            eval_batches: self.eval_batches,
-            log_interval: self.log_interval,
-            stop_after: None,
-            analysis,
-        };
-        tc.validate()?;
+        let tc = self
+            .settings
+            .train_config(cfg, batch_size, Loss::plain(), analysis)?;
         Ok((dataset, tc))
     }
 }
@@ -337,6 +300,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the page that trains in the browser (WebGPU) on 127.0.0.1; build it first with
+    /// web/build.sh.
+    Serve {
+        /// Port to listen on (0: any free port).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// The selfish repository holding web/ and data/ (default: the current folder, else
+        /// the checkout this binary was built from).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run every kernel on the GPU and on its CPU twin and compare them.
     Check {
         /// vulkan, metal, dx12 or gl (default: wgpu's choice, honouring WGPU_BACKEND).
@@ -447,7 +421,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let seeds = match &seeds {
                 Some(s) => experiment::parse_seeds(s)?,
-                None => vec![run.seed],
+                None => vec![run.settings.seed],
             };
             let (dataset, base) = run.config(&model, true)?;
             let x = experiment::Experiment {
@@ -505,6 +479,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Devices { backend, json } => cmd_devices(backend.as_deref(), json),
+        Cmd::Serve { port, dir } => cmd_serve(port, dir.as_deref()),
         Cmd::Tune {
             model,
             vocab,
@@ -580,18 +555,7 @@ fn corpus(path: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
-fn parse_margin(s: &str) -> Result<Option<f32>> {
-    if s.eq_ignore_ascii_case("off") {
-        return Ok(None);
-    }
-    match loss::parse_margin(s) {
-        Some(m) => Ok(Some(m)),
-        None => bail!(
-            "invalid margin '{s}': pass a finite number >= 0, or `off` for plain cross-entropy"
-        ),
-    }
-}
-
+#[allow(clippy::too_many_arguments)]
 fn cmd_train(
     model: &ModelArgs,
     run: &RunArgs,
@@ -800,6 +764,23 @@ fn catch_ctrl_c() {
     if let Err(e) = ctrlc::set_handler(handler) {
         eprintln!("warning: Ctrl-C will not save a checkpoint ({e})");
     }
+}
+
+fn cmd_serve(port: u16, dir: Option<&Path>) -> Result<ExitCode> {
+    let root = serve::root(dir)?;
+    let listener = serve::bind(port)?;
+    if !root.join("web/pkg/selfish.js").is_file() {
+        eprintln!(
+            "warning: web/pkg is missing under '{}': build the page with web/build.sh",
+            root.display()
+        );
+    }
+    println!(
+        "serving the page at http://{}/ (Ctrl-C stops)",
+        listener.local_addr()?
+    );
+    serve::serve(&root, listener)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_devices(backend: Option<&str>, json: bool) -> Result<ExitCode> {

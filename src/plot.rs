@@ -2,9 +2,12 @@
 //!
 //! A chart is a grid of panels; each panel holds named series. Log axes are drawn by
 //! plotting log10 of the data on a linear axis and labelling ticks with the original
-//! values, which keeps one code path for every axis kind and both output formats.
+//! values, which keeps one code path for every axis kind and both output formats. The page
+//! draws its live chart with the same code, as SVG text.
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
+#[cfg(not(target_arch = "wasm32"))]
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, Result};
@@ -75,6 +78,7 @@ pub fn color(i: usize) -> RGBColor {
 }
 
 /// Loads a system sans-serif font once (both backends measure text with it).
+#[cfg(not(target_arch = "wasm32"))]
 fn font_ready() -> bool {
     static READY: OnceLock<bool> = OnceLock::new();
     *READY.get_or_init(|| {
@@ -98,6 +102,12 @@ fn font_ready() -> bool {
         }
         false
     })
+}
+
+/// In a browser, plotters measures text with the page's own fonts.
+#[cfg(target_arch = "wasm32")]
+fn font_ready() -> bool {
+    true
 }
 
 /// Width of the legend column beside the panels.
@@ -141,12 +151,14 @@ impl Painter for Grid<'_> {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 struct Rows<'a> {
     title: &'a str,
     x_label: &'a str,
     rows: &'a [Interval],
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Painter for Rows<'_> {
     fn paint<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
     where
@@ -157,9 +169,9 @@ impl Painter for Rows<'_> {
     }
 }
 
-/// Writes `<stem>.svg` and `<stem>.png`: panels in a grid of `cols` columns, and one legend
-/// of every named series beside them, so no legend covers data.
-pub fn chart(stem: &Path, title: &str, cols: usize, panels: &[Panel]) -> Result<()> {
+/// Panels in a grid of `cols` columns and one legend of every named series beside them, so
+/// no legend covers data; and the picture's size.
+fn grid<'a>(title: &'a str, cols: usize, panels: &'a [Panel]) -> (Grid<'a>, (u32, u32)) {
     let cols = cols.clamp(1, panels.len().max(1));
     let rows = panels.len().div_ceil(cols).max(1);
     let legend = legend_of(panels);
@@ -174,9 +186,40 @@ pub fn chart(stem: &Path, title: &str, cols: usize, panels: &[Panel]) -> Result<
         legend,
         width,
     };
+    (g, size)
+}
+
+/// Writes `<stem>.svg` and `<stem>.png` of a [`grid`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn chart(stem: &Path, title: &str, cols: usize, panels: &[Panel]) -> Result<()> {
+    let (g, size) = grid(title, cols, panels);
     render(stem, size, &g)
 }
 
+/// A [`grid`] as SVG text (the page's live chart).
+pub fn svg(title: &str, cols: usize, panels: &[Panel]) -> Result<String> {
+    if !font_ready() {
+        return Err(no_font());
+    }
+    let (g, size) = grid(title, cols, panels);
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
+        root.fill(&WHITE).map_err(fail)?;
+        g.paint(&root)?;
+        root.present().map_err(fail)?;
+    }
+    Ok(out)
+}
+
+fn no_font() -> anyhow::Error {
+    anyhow!(
+        "no TrueType font for chart labels: install one (Debian: `apt-get install \
+         fonts-dejavu-core`) or point SELFISH_FONT at a .ttf file"
+    )
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 /// Writes `<stem>.svg` and `<stem>.png` for [`Interval`] rows: one row per run, its seeds as
 /// dots, the mean as a bar and the 95% interval as a line with caps, on a log axis.
 pub fn intervals(stem: &Path, title: &str, x_label: &str, rows: &[Interval]) -> Result<()> {
@@ -193,12 +236,10 @@ pub fn intervals(stem: &Path, title: &str, x_label: &str, rows: &[Interval]) -> 
 }
 
 /// Draws the same picture into an SVG and a PNG.
+#[cfg(not(target_arch = "wasm32"))]
 fn render(stem: &Path, size: (u32, u32), p: &impl Painter) -> Result<()> {
     if !font_ready() {
-        return Err(anyhow!(
-            "no TrueType font for chart labels: install one (Debian: `apt-get install \
-             fonts-dejavu-core`) or point SELFISH_FONT at a .ttf file"
-        ));
+        return Err(no_font());
     }
     let svg = stem.with_extension("svg");
     {
@@ -385,6 +426,7 @@ fn draw_panel<DB: DrawingBackend>(
     Ok(())
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn draw_intervals<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     x_label: &str,

@@ -1,11 +1,16 @@
 //! The run log: one JSON line per logged step in `metrics.jsonl`, and the gradient roles of
 //! those steps in `roles.jsonl` (with `--analysis`). Lines are appended whole, so a crash
 //! can cut off at most the last one; a resumed run first trims what it will log again.
+//! The line itself is shared with the page, which keeps its log in memory.
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::fs;
+#[cfg(not(target_arch = "wasm32"))]
 use std::io::Write;
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::{Path, PathBuf};
 
+#[cfg(not(target_arch = "wasm32"))]
 use anyhow::{anyhow, Result};
 use serde::Serialize;
 
@@ -28,14 +33,17 @@ pub struct LogLine {
     pub groups: Option<Vec<Option<f64>>>,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 pub fn metrics_path(dir: &Path) -> PathBuf {
     dir.join("metrics.jsonl")
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 pub fn roles_path(dir: &Path) -> PathBuf {
     dir.join("roles.jsonl")
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// A JSONL file appended one whole line at a time, opened on the first line (a run that
 /// fails before logging leaves no empty file).
 pub struct Jsonl {
@@ -43,6 +51,7 @@ pub struct Jsonl {
     file: Option<fs::File>,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Jsonl {
     pub fn new(path: PathBuf) -> Jsonl {
         Jsonl { path, file: None }
@@ -73,6 +82,7 @@ impl Jsonl {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Keeps the lines of steps up to `step` (a resumed run logs the later ones again) and drops
 /// a line cut short by a crash. Rewritten atomically like a checkpoint.
 pub fn trim(path: &Path, step: u64) -> Result<()> {

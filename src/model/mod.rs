@@ -51,6 +51,7 @@ pub struct GptConfig {
 
 /// A named model size with the batch it trains with: the one table the command line,
 /// benchmarks and the browser read.
+#[derive(Debug)]
 pub struct Preset {
     pub name: &'static str,
     pub about: &'static str,
@@ -79,6 +80,16 @@ pub const PRESETS: &[Preset] = &[
         n_head: 6,
         n_embd: 384,
         batch_size: 64,
+    },
+    Preset {
+        name: "tiny",
+        about:
+            "for slow devices and the browser test: 2 layers, 2 heads, width 64, block 32, batch 8",
+        block_size: 32,
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 64,
+        batch_size: 8,
     },
 ];
 

@@ -120,13 +120,16 @@ fn human(bytes: u128) -> String {
     }
 }
 
+/// A batch far past anything that fits, on 32-bit targets (the browser) too.
+const HUGE_BATCH: usize = if usize::BITS >= 64 { 1 << 40 } else { 1 << 30 };
+
 /// What to change so that `bytes(batch) <= cap`.
 fn batch_fix(bytes: impl Fn(usize) -> u128, cap: u128) -> String {
-    if bytes(1 << 40) == bytes(0) {
+    if bytes(HUGE_BATCH) == bytes(0) {
         return "lower --n-embd (the parameters alone are too big)".into();
     }
     // The largest batch that fits: bytes only grow with the batch.
-    let (mut lo, mut hi) = (0usize, 1usize << 40);
+    let (mut lo, mut hi) = (0usize, HUGE_BATCH);
     while lo < hi {
         let mid = lo + (hi - lo).div_ceil(2);
         if bytes(mid) <= cap {

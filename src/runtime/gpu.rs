@@ -13,7 +13,8 @@ use crate::runtime::{available_memory, Backend, Mark, Pending, Seq};
 
 /// One dispatch, ready to record.
 pub(crate) struct Prepared {
-    /// `shader::entry`, for profiles.
+    /// `shader::entry`, for profiles (native only).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub label: String,
     pub pipeline: usize,
     pub bind_group: wgpu::BindGroup,
