@@ -174,15 +174,26 @@ pub async fn sample(
 }
 
 /// `eval` on a checkpoint file: every language's metrics on the text at `data`, which must
-/// have the checkpoint's alphabet.
+/// have the checkpoint's alphabet; and which checkpoint it was (its step, and whether it is
+/// the best-validation one).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn evaluate_checkpoint(
     be: &mut dyn Backend,
     checkpoint: &std::path::Path,
     data: &std::path::Path,
     batch: usize,
-) -> Result<Vec<(String, LangMetrics)>> {
-    let (cfg, vocab, params) = crate::checkpoint::load_model_file(checkpoint)?;
+) -> Result<(Vec<(String, LangMetrics)>, String)> {
+    let file = crate::tensorfile::load(checkpoint)?;
+    let (cfg, vocab, params) = crate::checkpoint::model_parts(&file)?;
+    let mut which = format!("checkpoint '{}'", checkpoint.display());
+    if let Ok(step) = file.meta_usize("step") {
+        which.push_str(&format!(", step {step}"));
+    }
+    if let Ok(v) = file.meta_f64("val_mixed") {
+        which.push_str(&format!(
+            ", the best-validation step (validation loss {v:.4} on batches mixed like training)"
+        ));
+    }
     let model = inference_model(be, cfg, &params, batch)?;
     let text = crate::data::load_text(data)?;
     let text_vocab = crate::data::Vocab::from_text(&text)?;
@@ -196,7 +207,7 @@ pub fn evaluate_checkpoint(
     }
     let dataset = Dataset::with_vocab(vocab, &text, 0.0)?;
     let all = pollster::block_on(evaluate(&model, be, &dataset))?;
-    Ok(all.into_iter().map(|(n, m, _)| (n, m)).collect())
+    Ok((all.into_iter().map(|(n, m, _)| (n, m)).collect(), which))
 }
 
 /// How `sample` generates.

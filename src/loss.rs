@@ -922,29 +922,11 @@ pub struct LossOps {
     pub params: Vec<Op>,
 }
 
-/// The loss's ops (see [`LossOps`]).
-pub fn record(plan: &Plan, bufs: &LossBufs, io: &LossIo) -> LossOps {
+/// The ops that score the logits: the fused softmax cross-entropy, negative sampling, or
+/// contrastive weight tying's in-batch softmax.
+fn head_ops(plan: &Plan, bufs: &LossBufs, io: &LossIo) -> Vec<Op> {
     let scale = 1.0 / io.rows as f32;
     let mut loss = Vec::new();
-    if let (Some(n), Some(vals)) = (plan.norms, bufs.row_vals) {
-        loss.push(
-            RowNorms {
-                rows: io.rows,
-                c: io.c,
-                alpha: n.alpha,
-                use_w: n.w,
-                use_h: n.h,
-                h: io.h,
-                w: match n.table {
-                    Table::Head => io.head,
-                    Table::Wte => io.wte,
-                },
-                targets: io.targets,
-                vals,
-            }
-            .op(),
-        );
-    }
     match (plan.head, bufs.noise, bufs.cwt) {
         (Head::Sampled(k), Some((cdf, seeds)), _) => loss.push(
             SampledLoss {
@@ -1014,6 +996,32 @@ pub fn record(plan: &Plan, bufs: &LossBufs, io: &LossIo) -> LossOps {
             .op(),
         ),
     }
+    loss
+}
+
+/// The loss's ops (see [`LossOps`]).
+pub fn record(plan: &Plan, bufs: &LossBufs, io: &LossIo) -> LossOps {
+    let mut loss = Vec::new();
+    if let (Some(n), Some(vals)) = (plan.norms, bufs.row_vals) {
+        loss.push(
+            RowNorms {
+                rows: io.rows,
+                c: io.c,
+                alpha: n.alpha,
+                use_w: n.w,
+                use_h: n.h,
+                h: io.h,
+                w: match n.table {
+                    Table::Head => io.head,
+                    Table::Wte => io.wte,
+                },
+                targets: io.targets,
+                vals,
+            }
+            .op(),
+        );
+    }
+    loss.extend(head_ops(plan, bufs, io));
     loss.push(
         Mean {
             n: io.rows,

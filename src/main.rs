@@ -111,35 +111,7 @@ enum Cmd {
     /// Ctrl-C (or SIGTERM) finishes the current step, saves a checkpoint and exits with code
     /// 130; `--resume` continues from it exactly. Press Ctrl-C twice to quit without saving.
     #[command(allow_negative_numbers = true)]
-    Train {
-        #[command(flatten)]
-        model: ModelArgs,
-        #[command(flatten)]
-        run: RunArgs,
-        /// Threshold margin (a number >= 0), or `off`; combines with --loss (e.g. counterpart).
-        #[arg(long, default_value = "off", allow_hyphen_values = true)]
-        margin: String,
-        /// The training loss; the spellings:
-        #[arg(long, default_value = "plain", long_help = loss_help())]
-        loss: String,
-        /// Logits times S in training only (the paper's training temperature; = --loss ...+logit-scale:S).
-        #[arg(long, value_name = "S", value_parser = args::positive)]
-        logit_scale: Option<f32>,
-        /// Output folder for model.safetensors, state.safetensors and metrics.jsonl.
-        #[arg(long, default_value = "runs/default")]
-        out: PathBuf,
-        /// Continue exactly from the checkpoint in --out (same settings and --data); an error
-        /// if --out holds none. Without it, --out must not hold a checkpoint yet.
-        #[arg(long)]
-        resume: bool,
-        /// Stop with a checkpoint after this step (the schedule still spans --steps); --resume later.
-        #[arg(long, value_parser = args::steps)]
-        stop_after: Option<u64>,
-        /// Also log validation loss per token-frequency group and the embedding's gradient
-        /// roles (groups.json, roles.jsonl), as `experiment` does.
-        #[arg(long)]
-        analysis: bool,
-    },
+    Train(TrainArgs),
     /// The Stop Jostling comparison: runs that differ only in the loss (plain cross-entropy and
     /// the threshold margins, by default, or a --preset), each repeated per seed and
     /// evaluated, then report.md with statistics over seeds and plots.
@@ -149,186 +121,250 @@ enum Cmd {
     /// command continues. Each (run, seed) is a job that claims its folder, so several
     /// commands (--jobs, or --plan under a batch system) can share one --out.
     #[command(allow_negative_numbers = true)]
-    Experiment {
-        #[command(flatten)]
-        model: ModelArgs,
-        #[command(flatten)]
-        run: RunArgs,
-        /// A named set of runs: claim (plain, margins 2 and 1), margins (plain, margins 8, 4,
-        /// 2, 1, 0.5) or paper (every row of the paper's table).
-        #[arg(long)]
-        preset: Option<String>,
-        /// Threshold margins to compare with plain cross-entropy (`none` for no margin runs;
-        /// default 8,4,2,1,0.5 without a preset, none with one).
-        #[arg(long, value_delimiter = ',')]
-        margins: Option<Vec<String>>,
-        /// More runs, as --loss spells them, with options after @ (untied,
-        /// low-resource-only): e.g. sampled:5,margin:1@untied.
-        #[arg(long, value_delimiter = ',')]
-        also: Vec<String>,
-        /// Leave out the plain cross-entropy baseline.
-        #[arg(long)]
-        no_baseline: bool,
-        /// Seeds to repeat every run with: a count (5: seeds 1..5) or a list (1,2,3; 7, for
-        /// seed 7 alone). Default: --seed.
-        #[arg(long, value_delimiter = ',')]
-        seeds: Option<Vec<String>>,
-        /// Evaluate each run's best-validation checkpoint (as the paper did) or its last.
-        #[arg(long, default_value = "best")]
-        checkpoint: String,
-        /// Jobs to run at once on this machine.
-        #[arg(long, default_value_t = 1, value_parser = args::count)]
-        jobs: usize,
-        /// Print one command per unfinished job (for GNU parallel, a Slurm array, ...) and exit.
-        #[arg(long)]
-        plan: bool,
-        /// Write the report from the finished jobs, list the rest, train nothing.
-        #[arg(long)]
-        report_only: bool,
-        /// Train and evaluate, but leave the report to a later --report-only.
-        #[arg(long)]
-        no_report: bool,
-        /// Only the run this spec names (as --also spells it); writes no report.
-        #[arg(long)]
-        only: Option<String>,
-        /// Output folder: runs/<run>/seed-<s>/ for each job, report.md, results.json, plots/.
-        #[arg(long, default_value = "runs/experiment")]
-        out: PathBuf,
-    },
+    Experiment(ExperimentArgs),
     /// Per-language loss, perplexity (with a temperature sweep), accuracy, recall@5 and MRR.
     #[command(allow_negative_numbers = true)]
-    Eval {
-        /// A model.safetensors (or best.safetensors) written by `train`.
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// The text the model was trained on (default: tiny Shakespeare in data/).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Validation windows per forward pass.
-        #[arg(long, default_value_t = 12, value_parser = args::count)]
-        batch_size: usize,
-        /// vulkan, metal, dx12, gl, or cpu (the CPU twins).
-        #[arg(long)]
-        backend: Option<String>,
-    },
+    Eval(EvalArgs),
     /// Generate text from a checkpoint.
     #[command(allow_negative_numbers = true)]
-    Sample {
-        /// A model.safetensors written by `train`.
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// Text to continue (`\n` for a newline).
-        #[arg(long, default_value = "\n")]
-        prompt: String,
-        /// Characters to generate.
-        #[arg(long, default_value_t = 200)]
-        tokens: usize,
-        /// Softmax temperature; 0 or less picks the most likely character.
-        #[arg(long, default_value_t = 1.0)]
-        temperature: f32,
-        /// Seed of the draws.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// base or shifted (the low-resource alphabet, when the model has it).
-        #[arg(long, default_value = "base")]
-        alphabet: String,
-        /// vulkan, metal, dx12, gl, or cpu (the CPU twins).
-        #[arg(long)]
-        backend: Option<String>,
-    },
+    Sample(SampleArgs),
     /// Matmul GFLOP/s per kernel variant, training-step time and tokens/s, per-kernel time
     /// and memory (compare with `python3 tools/bench_torch.py`).
-    Bench {
-        /// vulkan, metal, dx12, gl, or cpu (the CPU twins).
-        #[arg(long)]
-        backend: Option<String>,
-        /// Print JSON (the shape tools/bench_torch.py prints) instead of tables.
-        #[arg(long)]
-        json: bool,
-        /// Model configs to time a training step of.
-        #[arg(long, value_delimiter = ',', default_value = "paper,large")]
-        configs: Vec<String>,
-        /// Losses to time, as --loss spells them.
-        #[arg(long, value_delimiter = ',', default_value = "plain,margin:1")]
-        losses: Vec<String>,
-        /// Timed steps per config and loss (fewer when --max-seconds runs out).
-        #[arg(long, default_value_t = 20)]
-        steps: usize,
-        /// Untimed steps first.
-        #[arg(long, default_value_t = 2)]
-        warmup: usize,
-        /// Square matmul sizes.
-        #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096")]
-        sizes: Vec<u32>,
-        /// Skip a measurement whose single run takes longer than this.
-        #[arg(long, default_value_t = 10.0)]
-        max_seconds: f64,
-        /// Leave out the matmul table.
-        #[arg(long)]
-        no_matmul: bool,
-        /// Leave out the per-kernel profile.
-        #[arg(long)]
-        no_profile: bool,
-    },
+    Bench(BenchArgs),
     /// Time every matmul variant on the products a model runs and cache the fastest per
     /// shape for this adapter (later runs use them; `SELFISH_TUNED=0` ignores the cache).
-    Tune {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Vocabulary size of the model to tune for (130: tiny Shakespeare, two alphabets).
-        #[arg(long, default_value_t = 130)]
-        vocab: usize,
-        /// vulkan, metal, dx12 or gl.
-        #[arg(long)]
-        backend: Option<String>,
-        /// Skip a variant whose single run takes longer than this.
-        #[arg(long, default_value_t = 5.0)]
-        max_seconds: f64,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Tune(TuneArgs),
     /// List every GPU adapter wgpu can see, with the limits that matter for training.
-    Devices {
-        /// Only this backend: vulkan, metal, dx12 or gl.
-        #[arg(long)]
-        backend: Option<String>,
-        /// Print JSON instead of a list.
-        #[arg(long)]
-        json: bool,
-    },
+    Devices(DevicesArgs),
     /// Serve the page that trains in the browser (WebGPU) on 127.0.0.1; build it first with
     /// web/build.sh.
-    Serve {
-        /// Port to listen on (0: any free port).
-        #[arg(long, default_value_t = 8000)]
-        port: u16,
-        /// The selfish repository holding web/ and data/ (default: the current folder, else
-        /// the checkout this binary was built from).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-    },
+    Serve(ServeArgs),
     /// Run every kernel on the GPU and on its CPU twin and compare them.
-    Check {
-        /// vulkan, metal, dx12 or gl (default: wgpu's choice, honouring WGPU_BACKEND).
-        #[arg(long)]
-        backend: Option<String>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Seed for the random inputs.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Only ops whose name contains this (e.g. `matmul`, `attention`).
-        #[arg(long)]
-        op: Option<String>,
-        /// Check the whole model against a PyTorch fixture folder instead (any backend, `cpu` too).
-        #[arg(long)]
-        fixture: Option<PathBuf>,
-    },
+    Check(CheckArgs),
+}
+
+/// `selfish train`.
+#[derive(clap::Args, Clone, Debug)]
+struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Threshold margin (a number >= 0), or `off`; combines with --loss (e.g. counterpart).
+    #[arg(long, default_value = "off", allow_hyphen_values = true)]
+    margin: String,
+    /// The training loss; the spellings:
+    #[arg(long, default_value = "plain", long_help = loss_help())]
+    loss: String,
+    /// Logits times S in training only (the paper's training temperature; = --loss ...+logit-scale:S).
+    #[arg(long, value_name = "S", value_parser = args::positive)]
+    logit_scale: Option<f32>,
+    /// Output folder for model.safetensors, state.safetensors and metrics.jsonl.
+    #[arg(long, default_value = "runs/default")]
+    out: PathBuf,
+    /// Continue exactly from the checkpoint in --out (same settings and --data); an error
+    /// if --out holds none. Without it, --out must not hold a checkpoint yet.
+    #[arg(long)]
+    resume: bool,
+    /// Stop with a checkpoint after this step (the schedule still spans --steps); --resume later.
+    #[arg(long, value_parser = args::steps)]
+    stop_after: Option<u64>,
+    /// Also log validation loss per token-frequency group and the embedding's gradient
+    /// roles (groups.json, roles.jsonl), as `experiment` does.
+    #[arg(long)]
+    analysis: bool,
+}
+
+/// `selfish experiment`.
+#[derive(clap::Args, Clone, Debug)]
+struct ExperimentArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    /// A named set of runs: claim (plain, margins 2 and 1), margins (plain, margins 8, 4,
+    /// 2, 1, 0.5) or paper (every row of the paper's table).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Threshold margins to compare with plain cross-entropy (`none` for no margin runs;
+    /// default 8,4,2,1,0.5 without a preset, none with one).
+    #[arg(long, value_delimiter = ',')]
+    margins: Option<Vec<String>>,
+    /// More runs, as --loss spells them, with options after @ (untied,
+    /// low-resource-only): e.g. sampled:5,margin:1@untied.
+    #[arg(long, value_delimiter = ',')]
+    also: Vec<String>,
+    /// Leave out the plain cross-entropy baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Seeds to repeat every run with: a count (5: seeds 1..5) or a list (1,2,3; 7, for
+    /// seed 7 alone). Default: --seed.
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<String>>,
+    /// Evaluate each run's best-validation checkpoint (as the paper did) or its last.
+    #[arg(long, default_value = "best")]
+    checkpoint: String,
+    /// Jobs to run at once on this machine.
+    #[arg(long, default_value_t = 1, value_parser = args::count)]
+    jobs: usize,
+    /// Print one command per unfinished job (for GNU parallel, a Slurm array, ...) and exit.
+    #[arg(long)]
+    plan: bool,
+    /// Write the report from the finished jobs, list the rest, train nothing.
+    #[arg(long)]
+    report_only: bool,
+    /// Train and evaluate, but leave the report to a later --report-only.
+    #[arg(long)]
+    no_report: bool,
+    /// Only the run this spec names (as --also spells it); writes no report.
+    #[arg(long)]
+    only: Option<String>,
+    /// Output folder: runs/<run>/seed-<s>/ for each job, report.md, results.json, plots/.
+    #[arg(long, default_value = "runs/experiment")]
+    out: PathBuf,
+}
+
+/// `selfish eval`.
+#[derive(clap::Args, Clone, Debug)]
+struct EvalArgs {
+    /// A model.safetensors (or best.safetensors) written by `train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The text the model was trained on (default: tiny Shakespeare in data/).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Validation windows per forward pass.
+    #[arg(long, default_value_t = 12, value_parser = args::count)]
+    batch_size: usize,
+    /// vulkan, metal, dx12, gl, or cpu (the CPU twins).
+    #[arg(long)]
+    backend: Option<String>,
+}
+
+/// `selfish sample`.
+#[derive(clap::Args, Clone, Debug)]
+struct SampleArgs {
+    /// A model.safetensors written by `train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Text to continue (`\n` for a newline).
+    #[arg(long, default_value = "\n")]
+    prompt: String,
+    /// Characters to generate.
+    #[arg(long, default_value_t = 200)]
+    tokens: usize,
+    /// Softmax temperature; 0 or less picks the most likely character.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Seed of the draws.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// base or shifted (the low-resource alphabet, when the model has it).
+    #[arg(long, default_value = "base")]
+    alphabet: String,
+    /// vulkan, metal, dx12, gl, or cpu (the CPU twins).
+    #[arg(long)]
+    backend: Option<String>,
+}
+
+/// `selfish bench`.
+#[derive(clap::Args, Clone, Debug)]
+struct BenchArgs {
+    /// vulkan, metal, dx12, gl, or cpu (the CPU twins).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Print JSON (the shape tools/bench_torch.py prints) instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Model configs to time a training step of.
+    #[arg(long, value_delimiter = ',', default_value = "paper,large")]
+    configs: Vec<String>,
+    /// Losses to time, as --loss spells them.
+    #[arg(long, value_delimiter = ',', default_value = "plain,margin:1")]
+    losses: Vec<String>,
+    /// Timed steps per config and loss (fewer when --max-seconds runs out).
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Square matmul sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096")]
+    sizes: Vec<u32>,
+    /// Skip a measurement whose single run takes longer than this.
+    #[arg(long, default_value_t = 10.0)]
+    max_seconds: f64,
+    /// Leave out the matmul table.
+    #[arg(long)]
+    no_matmul: bool,
+    /// Leave out the per-kernel profile.
+    #[arg(long)]
+    no_profile: bool,
+}
+
+/// `selfish tune`.
+#[derive(clap::Args, Clone, Debug)]
+struct TuneArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Vocabulary size of the model to tune for (130: tiny Shakespeare, two alphabets).
+    #[arg(long, default_value_t = 130)]
+    vocab: usize,
+    /// vulkan, metal, dx12 or gl.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Skip a variant whose single run takes longer than this.
+    #[arg(long, default_value_t = 5.0)]
+    max_seconds: f64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `selfish devices`.
+#[derive(clap::Args, Clone, Debug)]
+struct DevicesArgs {
+    /// Only this backend: vulkan, metal, dx12 or gl.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Print JSON instead of a list.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `selfish serve`.
+#[derive(clap::Args, Clone, Debug)]
+struct ServeArgs {
+    /// Port to listen on (0: any free port).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// The selfish repository holding web/ and data/ (default: the current folder, else
+    /// the checkout this binary was built from).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// `selfish check`.
+#[derive(clap::Args, Clone, Debug)]
+struct CheckArgs {
+    /// vulkan, metal, dx12 or gl (default: wgpu's choice, honouring WGPU_BACKEND).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Seed for the random inputs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Only ops whose name contains this (e.g. `matmul`, `attention`).
+    #[arg(long)]
+    op: Option<String>,
+    /// Check the whole model against a PyTorch fixture folder instead (any backend, `cpu` too).
+    #[arg(long)]
+    fixture: Option<PathBuf>,
 }
 
 fn loss_help() -> String {
@@ -372,174 +408,50 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::Train {
-            model,
-            run,
-            margin,
-            loss,
-            logit_scale,
-            out,
-            resume,
-            stop_after,
-            analysis,
-        } => cmd_train(
-            &model,
-            &run,
-            &margin,
-            (&loss, logit_scale),
-            &out,
-            (resume, stop_after),
-            analysis,
-        ),
-        Cmd::Experiment {
-            model,
-            run,
-            preset,
-            margins,
-            also,
-            no_baseline,
-            seeds,
-            checkpoint,
-            jobs,
-            plan,
-            report_only,
-            no_report,
-            only,
-            out,
-        } => {
-            let margins = margins.unwrap_or_else(|| {
-                let default = if preset.is_some() {
-                    "none"
-                } else {
-                    "8,4,2,1,0.5"
-                };
-                default.split(',').map(String::from).collect()
-            });
-            let mut runs = experiment::runs(preset.as_deref(), &margins, &also, no_baseline)?;
-            if let Some(o) = &only {
-                runs = experiment::only(runs, o)?;
-            }
-            let seeds = match &seeds {
-                Some(s) => experiment::parse_seeds(s)?,
-                None => vec![run.settings.seed],
-            };
-            let (dataset, base) = run.config(&model, true)?;
-            let x = experiment::Experiment {
-                base,
-                runs,
-                seeds,
-                out,
-                pick: experiment::Pick::parse(&checkpoint)?,
-            };
-            let mode = if plan {
-                Mode::Plan
-            } else if report_only {
-                Mode::ReportOnly
-            } else {
-                // A subset's report would stand in for the whole experiment's.
-                Mode::Train {
-                    jobs,
-                    report: !no_report && only.is_none(),
-                }
-            };
-            cmd_experiment(&x, &dataset, run.backend.as_deref(), mode)
-        }
-        Cmd::Eval {
-            checkpoint,
-            data,
-            json,
-            batch_size,
-            backend,
-        } => cmd_eval(
-            &checkpoint,
-            data.as_deref(),
-            json,
-            batch_size,
-            backend.as_deref(),
-        ),
-        Cmd::Sample {
-            checkpoint,
-            prompt,
-            tokens,
-            temperature,
-            seed,
-            alphabet,
-            backend,
-        } => {
-            let mut be = tune::open(backend.as_deref())?;
-            let prompt = prompt.replace("\\n", "\n");
-            let opts = eval::SampleArgs {
-                tokens,
-                temperature,
-                seed,
-                alphabet: &alphabet,
-            };
-            let text = eval::sample_checkpoint(be.as_mut(), &checkpoint, &prompt, &opts)?;
-            println!("{prompt}{text}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Devices { backend, json } => cmd_devices(backend.as_deref(), json),
-        Cmd::Serve { port, dir } => cmd_serve(port, dir.as_deref()),
-        Cmd::Tune {
-            model,
-            vocab,
-            backend,
-            max_seconds,
-            json,
-        } => cmd_tune(&model, vocab, backend.as_deref(), max_seconds, json),
-        Cmd::Bench {
-            backend,
-            json,
-            configs,
-            losses,
-            steps,
-            warmup,
-            sizes,
-            max_seconds,
-            no_matmul,
-            no_profile,
-        } => {
-            let opts = bench::Options {
-                configs,
-                losses,
-                warmup,
-                steps,
-                sizes,
-                max_seconds,
-                matmul: !no_matmul,
-                profile: !no_profile,
-            };
-            let report = bench::run_named(backend.as_deref(), &opts)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                bench::print(&report);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Check {
-            backend,
-            json,
-            seed,
-            op,
-            fixture: Some(dir),
-        } => {
-            let _ = (seed, op);
-            let mut be = selfish::runtime::open_backend(backend.as_deref())?;
-            let mut rows = Rows::new(be.name(), json);
-            for r in fixture::check_fixture(be.as_mut(), &dir)? {
-                rows.push(r);
-            }
-            rows.finish()
-        }
-        Cmd::Check {
-            backend,
-            json,
-            seed,
-            op,
-            fixture: None,
-        } => cmd_check(backend.as_deref(), json, seed, op.as_deref()),
+        Cmd::Train(a) => cmd_train(a),
+        Cmd::Experiment(a) => cmd_experiment(a),
+        Cmd::Eval(a) => cmd_eval(a),
+        Cmd::Sample(a) => cmd_sample(a),
+        Cmd::Bench(a) => cmd_bench(a),
+        Cmd::Tune(a) => cmd_tune(a),
+        Cmd::Devices(a) => cmd_devices(a),
+        Cmd::Serve(a) => cmd_serve(a),
+        Cmd::Check(a) => cmd_check(a),
     }
+}
+
+fn cmd_sample(a: SampleArgs) -> Result<ExitCode> {
+    let mut be = tune::open(a.backend.as_deref())?;
+    let prompt = a.prompt.replace("\\n", "\n");
+    let opts = eval::SampleArgs {
+        tokens: a.tokens,
+        temperature: a.temperature,
+        seed: a.seed,
+        alphabet: &a.alphabet,
+    };
+    let text = eval::sample_checkpoint(be.as_mut(), &a.checkpoint, &prompt, &opts)?;
+    println!("{prompt}{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<ExitCode> {
+    let opts = bench::Options {
+        configs: a.configs,
+        losses: a.losses,
+        warmup: a.warmup,
+        steps: a.steps,
+        sizes: a.sizes,
+        max_seconds: a.max_seconds,
+        matmul: !a.no_matmul,
+        profile: !a.no_profile,
+    };
+    let report = bench::run_named(a.backend.as_deref(), &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        bench::print(&report);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_dataset(path: Option<&Path>, low_resource_prob: f64) -> Result<Dataset> {
@@ -555,19 +467,11 @@ fn corpus(path: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn cmd_train(
-    model: &ModelArgs,
-    run: &RunArgs,
-    margin: &str,
-    (loss, logit_scale): (&str, Option<f32>),
-    out: &Path,
-    (resume, stop_after): (bool, Option<u64>),
-    analysis: bool,
-) -> Result<ExitCode> {
-    let (dataset, mut tc) = run.config(model, analysis)?;
-    tc.loss = Loss::from_flags(loss, parse_margin(margin)?, logit_scale)?;
-    tc.stop_after = stop_after;
+fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
+    let (model, run, out, resume) = (&a.model, &a.run, a.out.as_path(), a.resume);
+    let (dataset, mut tc) = run.config(model, a.analysis)?;
+    tc.loss = Loss::from_flags(&a.loss, parse_margin(&a.margin)?, a.logit_scale)?;
+    tc.stop_after = a.stop_after;
     selfish::checkpoint::preflight(&dataset, &tc, out, resume)?;
     let mut be = tune::open(run.backend.as_deref())?;
     catch_ctrl_c();
@@ -615,12 +519,43 @@ enum Mode {
     Train { jobs: usize, report: bool },
 }
 
-fn cmd_experiment(
-    x: &experiment::Experiment,
-    data: &Dataset,
-    backend: Option<&str>,
-    mode: Mode,
-) -> Result<ExitCode> {
+fn cmd_experiment(a: ExperimentArgs) -> Result<ExitCode> {
+    let margins = a.margins.clone().unwrap_or_else(|| {
+        let default = if a.preset.is_some() {
+            "none"
+        } else {
+            "8,4,2,1,0.5"
+        };
+        default.split(',').map(String::from).collect()
+    });
+    let mut runs = experiment::runs(a.preset.as_deref(), &margins, &a.also, a.no_baseline)?;
+    if let Some(o) = &a.only {
+        runs = experiment::only(runs, o)?;
+    }
+    let seeds = match &a.seeds {
+        Some(s) => experiment::parse_seeds(s)?,
+        None => vec![a.run.settings.seed],
+    };
+    let (data, base) = a.run.config(&a.model, true)?;
+    let x = experiment::Experiment {
+        base,
+        runs,
+        seeds,
+        out: a.out.clone(),
+        pick: experiment::Pick::parse(&a.checkpoint)?,
+    };
+    let (x, data, backend) = (&x, &data, a.run.backend.as_deref());
+    let mode = if a.plan {
+        Mode::Plan
+    } else if a.report_only {
+        Mode::ReportOnly
+    } else {
+        // A subset's report would stand in for the whole experiment's.
+        Mode::Train {
+            jobs: a.jobs,
+            report: !a.no_report && a.only.is_none(),
+        }
+    };
     let argv: Vec<String> = std::env::args().collect();
     let command = argv.join(" ");
     let report = |verbose: bool| -> Result<()> {
@@ -680,16 +615,13 @@ fn cmd_experiment(
     }
 }
 
-fn cmd_eval(
-    checkpoint: &Path,
-    data: Option<&Path>,
-    json: bool,
-    batch: usize,
-    backend: Option<&str>,
-) -> Result<ExitCode> {
-    let mut be = tune::open(backend)?;
-    let results = eval::evaluate_checkpoint(be.as_mut(), checkpoint, &corpus(data)?, batch)?;
-    if json {
+fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
+    let mut be = tune::open(a.backend.as_deref())?;
+    let data = corpus(a.data.as_deref())?;
+    let (results, which) =
+        eval::evaluate_checkpoint(be.as_mut(), &a.checkpoint, &data, a.batch_size)?;
+    if a.json {
+        eprintln!("{which}");
         let obj: serde_json::Map<String, serde_json::Value> = results
             .iter()
             .map(|(n, m)| Ok((n.clone(), serde_json::to_value(m)?)))
@@ -697,6 +629,7 @@ fn cmd_eval(
         println!("{}", serde_json::to_string_pretty(&obj)?);
         return Ok(ExitCode::SUCCESS);
     }
+    println!("{which}");
     println!(
         "{:<8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8}",
         "language", "tokens", "loss", "ppl", "best ppl", "at T", "acc", "rec@5", "MRR"
@@ -719,16 +652,11 @@ fn cmd_eval(
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_tune(
-    model: &ModelArgs,
-    vocab: usize,
-    backend: Option<&str>,
-    max_seconds: f64,
-    json: bool,
-) -> Result<ExitCode> {
-    let (cfg, batch) = model.config(vocab)?;
-    let mut gpu = tune::open_gpu(backend)?;
-    let rows = tune::tune_model(&mut gpu, cfg, batch, max_seconds)?;
+fn cmd_tune(a: TuneArgs) -> Result<ExitCode> {
+    let (cfg, batch) = a.model.config(a.vocab)?;
+    let mut gpu = tune::open_gpu(a.backend.as_deref())?;
+    let rows = tune::tune_model(&mut gpu, cfg, batch, a.max_seconds)?;
+    let json = a.json;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
@@ -766,9 +694,9 @@ fn catch_ctrl_c() {
     }
 }
 
-fn cmd_serve(port: u16, dir: Option<&Path>) -> Result<ExitCode> {
-    let root = serve::root(dir)?;
-    let listener = serve::bind(port)?;
+fn cmd_serve(a: ServeArgs) -> Result<ExitCode> {
+    let root = serve::root(a.dir.as_deref())?;
+    let listener = serve::bind(a.port)?;
     if !root.join("web/pkg/selfish.js").is_file() {
         eprintln!(
             "warning: web/pkg is missing under '{}': build the page with web/build.sh",
@@ -783,8 +711,8 @@ fn cmd_serve(port: u16, dir: Option<&Path>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_devices(backend: Option<&str>, json: bool) -> Result<ExitCode> {
-    let list = gpu::list_devices(backend)?;
+fn cmd_devices(a: DevicesArgs) -> Result<ExitCode> {
+    let (list, json) = (gpu::list_devices(a.backend.as_deref())?, a.json);
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
@@ -868,8 +796,17 @@ impl Rows {
     }
 }
 
-fn cmd_check(backend: Option<&str>, json: bool, seed: u64, only: Option<&str>) -> Result<ExitCode> {
-    let mut gpu = GpuBackend::open(backend)?;
+fn cmd_check(a: CheckArgs) -> Result<ExitCode> {
+    if let Some(dir) = &a.fixture {
+        let mut be = selfish::runtime::open_backend(a.backend.as_deref())?;
+        let mut rows = Rows::new(be.name(), a.json);
+        for r in fixture::check_fixture(be.as_mut(), dir)? {
+            rows.push(r);
+        }
+        return rows.finish();
+    }
+    let (json, seed, only) = (a.json, a.seed, a.op.as_deref());
+    let mut gpu = GpuBackend::open(a.backend.as_deref())?;
     let cases: Vec<_> = check::cases()
         .into_iter()
         .filter(|c| only.is_none_or(|o| c.op.contains(o)))

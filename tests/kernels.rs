@@ -21,15 +21,15 @@ fn check_op(prefix: &str) {
         .collect();
     assert!(!cases.is_empty(), "no check cases for {prefix}");
     let mut failures = Vec::new();
+    // Each case gets its own seed; `run_case` runs the GPU side twice (same bits required).
     for (i, case) in cases.iter().enumerate() {
-        for seed in [1, 2] {
-            for row in check::run_case(gpu, case, seed + 10 * i as u64).unwrap() {
-                if !row.ok {
-                    failures.push(format!(
-                        "{} {} seed {seed}: max abs {:.3e}, tol {:.1e}",
-                        row.op, row.shape, row.max_abs_err, row.tol
-                    ));
-                }
+        let seed = 1 + 10 * i as u64;
+        for row in check::run_case(gpu, case, seed).unwrap() {
+            if !row.ok {
+                failures.push(format!(
+                    "{} {} seed {seed}: max abs {:.3e}, tol {:.1e}",
+                    row.op, row.shape, row.max_abs_err, row.tol
+                ));
             }
         }
     }

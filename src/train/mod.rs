@@ -329,11 +329,9 @@ pub async fn run(
 ) -> Result<TrainSummary> {
     let cfg = t.cfg.clone();
     let (start, end) = (t.step, cfg.end());
-    let tokens_per_step = (cfg.batch_size * cfg.model.block_size) as f64;
-    let (mut losses, mut last_loss, mut tps) = (Vec::new(), f32::NAN, 0.0);
-    let (mut window, mut window_steps) = (host.now(), 0u64);
-    // The last step with a checkpoint, and the last whose loss was seen to be finite.
-    let (mut saved, mut finite_at) = ((start > 0).then_some(start), start);
+    let mut log = Logged::new(host.now(), start, cfg.batch_size * cfg.model.block_size);
+    // The last step with a checkpoint.
+    let mut saved = (start > 0).then_some(start);
     let mut interrupted = false;
     while t.step < end {
         if host.stop_requested() {
@@ -341,90 +339,51 @@ pub async fn run(
             break;
         }
         let step = t.step + 1;
-        let failed = |e: anyhow::Error, kept: String| {
-            anyhow!("training failed at step {step}: {e:#}; {kept}")
+        let failed = |e: anyhow::Error, host: &dyn Host| {
+            anyhow!(
+                "training failed at step {step}: {e:#}; {}",
+                host.kept(saved)
+            )
         };
         // ---- forward, backward, clip, AdamW
-        let batch = t.step(be, data).map_err(|e| failed(e, host.kept(saved)))?;
-        window_steps += 1;
+        let batch = t.step(be, data).map_err(|e| failed(e, host))?;
         let eval_now = cfg.evaluates(step);
         let log_now = step.is_multiple_of(cfg.log_interval.max(1)) || step == end;
-        if log_now || step == start + 1 || eval_now {
-            // ---- log
-            last_loss = t.loss(be).await.map_err(|e| failed(e, host.kept(saved)))?;
-            if !last_loss.is_finite() {
-                let when = if step == finite_at + 1 {
-                    format!("at step {step}")
-                } else {
-                    format!(
-                        "between steps {} and {step} (it is checked every --log-interval steps)",
-                        finite_at + 1
-                    )
-                };
-                bail!(
-                    "the loss became {last_loss} {when}, so training stopped: lower --lr (or raise --warmup); {}",
-                    host.kept(saved)
-                );
-            }
-            finite_at = step;
-            let now = host.now();
-            tps = window_steps as f64 * tokens_per_step / (now - window).max(1e-9);
-            (window, window_steps) = (now, 0);
-            losses.push((step, last_loss));
-            let lr = batch.lr;
-            let figures = format!("loss {last_loss:.4} lr {lr:.2e} {tps:.0} tok/s");
-            host.progress(step, Some(&figures));
-            if t.groups.is_some() {
-                let r = t
-                    .roles(be, &batch)
-                    .await
-                    .map_err(|e| failed(e, host.kept(saved)))?;
-                host.log_roles(step, &r)?;
-            }
-            // ---- evaluate
-            let mut val = None;
-            if eval_now {
-                let v = t
-                    .validate(be, data)
-                    .await
-                    .map_err(|e| failed(e, host.kept(saved)))?;
-                let shown: Vec<String> = v
-                    .languages
-                    .iter()
-                    .map(|(n, l)| format!("{n} {l:.4}"))
-                    .collect();
-                host.say(&format!(
-                    "step {step}: train loss {last_loss:.4}, val {}",
-                    shown.join(", ")
-                ));
-                val = Some(v);
-            }
-            host.log(&LogLine {
-                step,
-                loss: last_loss,
-                lr,
-                tokens_per_s: tps,
-                val_loss: val.as_ref().map(|v| v.languages.clone()),
-                val_mixed: val.as_ref().map(|v| v.mixed),
-                groups: val.as_ref().and_then(|v| v.groups.clone()),
-            })?;
-            // ---- checkpoint (the best one first: the state names it)
-            if let Some(v) = val {
-                let improved = t.best.is_none_or(|(_, b)| v.mixed < b);
-                if improved {
-                    t.best = Some((step, v.mixed));
-                }
-                let fail = |e| failed(e, host.kept(saved));
-                let c = t.checkpoint(be, data).await.map_err(fail)?;
-                if improved {
-                    let mut best = c.model.clone();
-                    best.set_meta("val_mixed", v.mixed);
-                    host.save_best(&best)
-                        .map_err(|e| failed(e, host.kept(saved)))?;
-                }
-                host.save(&c).map_err(|e| failed(e, host.kept(saved)))?;
-                saved = Some(step);
-            }
+        if !(log_now || step == start + 1 || eval_now) {
+            host.progress(step, None);
+            continue;
+        }
+        // ---- log
+        let loss = t.loss(be).await.map_err(|e| failed(e, host))?;
+        log.record(step, loss, host.now())
+            .map_err(|why| anyhow!("{why}; {}", host.kept(saved)))?;
+        host.progress(step, Some(&log.figures(batch.lr)));
+        if t.groups.is_some() {
+            let r = t.roles(be, &batch).await.map_err(|e| failed(e, host))?;
+            host.log_roles(step, &r)?;
+        }
+        // ---- evaluate
+        let mut val = None;
+        if eval_now {
+            let v = t.validate(be, data).await.map_err(|e| failed(e, host))?;
+            let shown: Vec<String> = v
+                .languages
+                .iter()
+                .map(|(n, l)| format!("{n} {l:.4}"))
+                .collect();
+            host.say(&format!(
+                "step {step}: train loss {loss:.4}, val {}",
+                shown.join(", ")
+            ));
+            val = Some(v);
+        }
+        host.log(&log.line(step, batch.lr, val.as_ref()))?;
+        // ---- checkpoint
+        if let Some(v) = val {
+            save(be, data, t, host, v.mixed)
+                .await
+                .map_err(|e| failed(e, host))?;
+            saved = Some(step);
         }
         host.progress(step, None);
     }
@@ -432,20 +391,111 @@ pub async fn run(
         host.say(&format!("already trained {start} of {} steps", cfg.steps));
     } else if t.step > start && saved != Some(t.step) {
         let done = t.step;
-        let fail = |e: anyhow::Error, kept: String| {
-            anyhow!("saving the checkpoint of step {done} failed: {e:#}; {kept}")
+        let fail = |e: anyhow::Error, host: &dyn Host| {
+            anyhow!(
+                "saving the checkpoint of step {done} failed: {e:#}; {}",
+                host.kept(saved)
+            )
         };
-        let c = t
-            .checkpoint(be, data)
-            .await
-            .map_err(|e| fail(e, host.kept(saved)))?;
-        host.save(&c).map_err(|e| fail(e, host.kept(saved)))?;
+        let c = t.checkpoint(be, data).await.map_err(|e| fail(e, host))?;
+        host.save(&c).map_err(|e| fail(e, host))?;
     }
-    Ok(TrainSummary {
-        final_loss: last_loss,
-        losses,
-        tokens_per_s: tps,
-        step: t.step,
-        interrupted,
-    })
+    Ok(log.summary(t.step, interrupted))
+}
+
+/// The checkpoint of an evaluated step, and `best.safetensors` first when its mixed
+/// validation loss is the lowest so far (the state then names it).
+async fn save(
+    be: &mut dyn Backend,
+    data: &Dataset,
+    t: &mut Trainer,
+    host: &mut dyn Host,
+    mixed: f32,
+) -> Result<()> {
+    let improved = t.best.is_none_or(|(_, b)| mixed < b);
+    if improved {
+        t.best = Some((t.step, mixed));
+    }
+    let c = t.checkpoint(be, data).await?;
+    if improved {
+        let mut best = c.model.clone();
+        best.set_meta("val_mixed", mixed);
+        host.save_best(&best)?;
+    }
+    host.save(&c)
+}
+
+/// The logged losses, the throughput since the last log line, and the last finite loss.
+struct Logged {
+    losses: Vec<(u64, f32)>,
+    last: f32,
+    tokens_per_step: f64,
+    tokens_per_s: f64,
+    /// When the window of steps since the last log line began, and its first step.
+    window: (f64, u64),
+    finite_at: u64,
+}
+
+impl Logged {
+    fn new(now: f64, start: u64, tokens_per_step: usize) -> Logged {
+        Logged {
+            losses: Vec::new(),
+            last: f32::NAN,
+            tokens_per_step: tokens_per_step as f64,
+            tokens_per_s: 0.0,
+            window: (now, start),
+            finite_at: start,
+        }
+    }
+
+    /// Takes the loss of `step`; a loss that is no longer finite stops training, naming the
+    /// steps it became so between.
+    fn record(&mut self, step: u64, loss: f32, now: f64) -> Result<(), String> {
+        if !loss.is_finite() {
+            let when = if step == self.finite_at + 1 {
+                format!("at step {step}")
+            } else {
+                format!(
+                    "between steps {} and {step} (it is checked every --log-interval steps)",
+                    self.finite_at + 1
+                )
+            };
+            return Err(format!(
+                "the loss became {loss} {when}, so training stopped: lower --lr (or raise --warmup)"
+            ));
+        }
+        let (t0, s0) = self.window;
+        self.tokens_per_s = (step - s0) as f64 * self.tokens_per_step / (now - t0).max(1e-9);
+        self.window = (now, step);
+        (self.finite_at, self.last) = (step, loss);
+        self.losses.push((step, loss));
+        Ok(())
+    }
+
+    fn figures(&self, lr: f32) -> String {
+        let (loss, tps) = (self.last, self.tokens_per_s);
+        format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s")
+    }
+
+    fn line(&self, step: u64, lr: f32, val: Option<&Validation>) -> LogLine {
+        LogLine {
+            step,
+            loss: self.last,
+            lr,
+            tokens_per_s: self.tokens_per_s,
+            val_loss: val.map(|v| v.languages.clone()),
+            val_mixed: val.map(|v| v.mixed),
+            groups: val.and_then(|v| v.groups.clone()),
+        }
+    }
+
+    fn summary(self, step: u64, interrupted: bool) -> TrainSummary {
+        TrainSummary {
+            final_loss: self.last,
+            losses: self.losses,
+            tokens_per_s: self.tokens_per_s,
+            step,
+            interrupted,
+        }
+    }
 }
