@@ -745,6 +745,11 @@ fn cmd_devices(a: DevicesArgs) -> Result<ExitCode> {
 
 /// The one row printer: a table printed as rows arrive (long checks show progress), or JSON
 /// with the adapter and the failure count at the end.
+/// Width of the quantity column: fits a fixture's longest names
+/// (`untied-margin-2: grad.step0.transformer.h.0.mlp.c_proj.weight [32, 128]`); longer ones push
+/// their row's figures right rather than being cut.
+const QUANTITY: usize = 74;
+
 struct Rows {
     json: bool,
     adapter: String,
@@ -756,8 +761,8 @@ impl Rows {
         if !json {
             println!("adapter: {adapter}");
             println!(
-                "{:<32} {:<30} {:>11} {:>11} {:>9}  ok",
-                "quantity", "shape", "max abs", "max rel", "tol"
+                "{:<QUANTITY$} {:>11} {:>11} {:>9}  ok",
+                "quantity [shape]", "max abs", "max rel", "tol"
             );
         }
         Rows {
@@ -771,8 +776,11 @@ impl Rows {
         if !self.json {
             let ok = if r.ok { "ok" } else { "FAIL" };
             println!(
-                "{:<32} {:<30} {:>11.3e} {:>11.3e} {:>9.1e}  {ok}",
-                r.op, r.shape, r.max_abs_err, r.max_rel_err, r.tol
+                "{:<QUANTITY$} {:>11.3e} {:>11.3e} {:>9.1e}  {ok}",
+                format!("{} {}", r.op, r.shape),
+                r.max_abs_err,
+                r.max_rel_err,
+                r.tol
             );
         }
         self.rows.push(r);

@@ -442,12 +442,16 @@ fn draw_intervals<DB: DrawingBackend>(
                 .chain(r.ci95.map(|c| c.1))
         })
         .filter(|v| v.is_finite() && *v > 0.0)
-        .map(f64::log10)
         .collect();
     let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    // A log axis when the rows span a factor of 3 or more (a whole table, margin 0 among
+    // them); a linear one otherwise, whose ticks fall on round values.
+    let log = hi / lo >= 3.0;
+    let at = |v: f64| if log { v.log10() } else { v };
+    let (lo, hi) = (at(lo), at(hi));
     let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
-    let pad = ((hi - lo) * 0.06).max(0.02);
+    let pad = ((hi - lo) * 0.06).max(if log { 0.02 } else { 0.01 * hi.abs() });
     let n = rows.len() as f64;
     let names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
     let mut chart = ChartBuilder::on(area)
@@ -460,7 +464,7 @@ fn draw_intervals<DB: DrawingBackend>(
         .light_line_style(TRANSPARENT)
         .y_labels(rows.len().max(1))
         .x_desc(x_label)
-        .x_label_formatter(&|v| label(true, *v))
+        .x_label_formatter(&|v| label(log, *v))
         .y_label_formatter(&|v| {
             // Rows from the top: row 0 is drawn at y = n - 1.
             let i = (n - 1.0 - v).round();
@@ -476,7 +480,7 @@ fn draw_intervals<DB: DrawingBackend>(
         let y = n - 1.0 - i as f64;
         let c = color(r.color);
         if let Some((a, b)) = r.ci95.filter(|(a, b)| *a > 0.0 && *b > 0.0) {
-            let (a, b) = (a.log10(), b.log10());
+            let (a, b) = (at(a), at(b));
             chart.draw_series(std::iter::once(PathElement::new(
                 vec![(a, y), (b, y)],
                 c.stroke_width(2),
@@ -489,7 +493,7 @@ fn draw_intervals<DB: DrawingBackend>(
             }
         }
         if r.mean > 0.0 {
-            let m = r.mean.log10();
+            let m = at(r.mean);
             chart.draw_series(std::iter::once(PathElement::new(
                 vec![(m, y - 0.32), (m, y + 0.32)],
                 BLACK.stroke_width(2),
@@ -504,7 +508,7 @@ fn draw_intervals<DB: DrawingBackend>(
                 } else {
                     0.0
                 };
-                Circle::new((v.log10(), y + dy), 4, c.mix(0.75).filled())
+                Circle::new((at(*v), y + dy), 4, c.mix(0.75).filled())
             },
         ))?;
     }
