@@ -11,7 +11,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, Result};
-use plotters::coord::Shift;
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -73,8 +75,47 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-pub fn color(i: usize) -> RGBColor {
-    PALETTE[i % PALETTE.len()]
+/// How series `i` is drawn: the ten palette colours, then the same ten lighter and dashed,
+/// then darker and dotted, so each of a table's 22 runs has a look of its own. The second
+/// field is a `(dash, gap)` pattern in pixels; `None` draws a solid line.
+fn look(i: usize, mark: Mark) -> (RGBColor, Option<(u32, u32)>) {
+    let RGBColor(r, g, b) = PALETTE[i % PALETTE.len()];
+    let variant = (i / PALETTE.len()) % 3;
+    let toward = |c: u8, to: f64, w: f64| (c as f64 + (to - c as f64) * w).round() as u8;
+    let shade = |to: f64, w: f64| RGBColor(toward(r, to, w), toward(g, to, w), toward(b, to, w));
+    let color = match variant {
+        0 => RGBColor(r, g, b),
+        1 => shade(255.0, 0.4),
+        _ => shade(0.0, 0.35),
+    };
+    let dash = match (mark, variant) {
+        (Mark::Line, 0) => None,
+        (Mark::Line, 1) | (Mark::Dashed, 0) => Some((7, 4)),
+        _ => Some((2, 3)),
+    };
+    (color, dash)
+}
+
+/// A line in series `i`'s look, in any coordinates (the chart's or the legend's pixels).
+fn stroke<DB: DrawingBackend, CT: CoordTranslate>(
+    area: &DrawingArea<DB, CT>,
+    points: Vec<CT::From>,
+    i: usize,
+    mark: Mark,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+where
+    CT::From: Clone,
+{
+    let (c, dash) = look(i, mark);
+    match dash {
+        None => area.draw(&PathElement::new(points, c.stroke_width(2))),
+        Some((on, off)) => area.draw(&plotters::element::DashedPathElement::new(
+            points,
+            on,
+            off,
+            c.stroke_width(2),
+        )),
+    }
 }
 
 /// Loads a system sans-serif font once (both backends measure text with it).
@@ -112,6 +153,8 @@ fn font_ready() -> bool {
 
 /// Width of the legend column beside the panels.
 const LEGEND_W: u32 = 210;
+/// Height of one legend entry.
+const LEGEND_ROW: u32 = 20;
 
 /// Something drawn the same way into any plotters backend (an SVG and a PNG).
 trait Painter {
@@ -177,7 +220,9 @@ fn grid<'a>(title: &'a str, cols: usize, panels: &'a [Panel]) -> (Grid<'a>, (u32
     let legend = legend_of(panels);
     let extra = if legend.is_empty() { 0 } else { LEGEND_W };
     let width = cols as u32 * 520;
-    let size = (width + extra, rows as u32 * 380 + 40);
+    // Taller than the panels need when the legend's rows need it (a table of 22 runs).
+    let height = (rows as u32 * 380 + 40).max(legend.len() as u32 * LEGEND_ROW + 60);
+    let size = (width + extra, height);
     let g = Grid {
         title,
         cols,
@@ -275,15 +320,10 @@ fn draw_legend<DB: DrawingBackend>(
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let style = ("sans-serif", 13).into_font().color(&BLACK);
     for (i, (name, color, mark)) in items.iter().enumerate() {
-        let y = 40 + 20 * i as i32;
-        let c = self::color(*color);
+        let y = 40 + (LEGEND_ROW * i as u32) as i32;
         match mark {
-            Mark::Dots => area.draw(&Circle::new((18, y), 4, c.filled()))?,
-            Mark::Dashed => {
-                area.draw(&PathElement::new(vec![(8, y), (16, y)], c.stroke_width(3)))?;
-                area.draw(&PathElement::new(vec![(22, y), (30, y)], c.stroke_width(3)))?;
-            }
-            Mark::Line => area.draw(&PathElement::new(vec![(8, y), (30, y)], c.stroke_width(3)))?,
+            Mark::Dots => area.draw(&Circle::new((18, y), 4, look(*color, *mark).0.filled()))?,
+            _ => stroke(area, vec![(6, y), (32, y)], *color, *mark)?,
         }
         area.draw(&Text::new(name.clone(), (38, y - 7), style.clone()))?;
     }
@@ -298,10 +338,95 @@ fn tf(log: bool, v: f64) -> f64 {
     }
 }
 
+/// Tick positions at round values between `lo` and `hi` (on a log axis both are log10 of the
+/// data, and so are the ticks): steps of 1, 2 or 5 times a power of ten on a linear axis; on a
+/// log axis the sparsest of a few sets of mantissas per decade that gives four ticks (three
+/// when they are whole decades).
+fn ticks(lo: f64, hi: f64, log: bool) -> Vec<f64> {
+    if !(lo.is_finite() && hi.is_finite() && hi > lo) {
+        return vec![];
+    }
+    if log {
+        const SETS: [&[f64]; 4] = [
+            &[1.0],
+            &[1.0, 2.0, 5.0],
+            &[1.0, 2.0, 3.0, 5.0, 7.0],
+            &[1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+        ];
+        let in_range = |set: &[f64]| -> Vec<f64> {
+            (lo.floor() as i32..=hi.ceil() as i32)
+                .flat_map(|d| set.iter().map(move |m| (m * 10f64.powi(d)).log10()))
+                .filter(|t| (lo..=hi).contains(t))
+                .collect()
+        };
+        let enough = |(k, t): &(usize, Vec<f64>)| t.len() >= if *k == 0 { 3 } else { 4 };
+        if let Some((_, t)) = SETS.iter().map(|s| in_range(s)).enumerate().find(enough) {
+            return t;
+        }
+        // Less than about a factor of 2: round values of the data itself.
+        let (a, b) = (10f64.powf(lo), 10f64.powf(hi));
+        return ticks(a, b, false).into_iter().map(f64::log10).collect();
+    }
+    // the step of 1, 2 or 5 times a power of ten that gives closest to six ticks
+    let mag = 10f64.powf(((hi - lo) / 6.0).log10().floor());
+    let count = |s: f64| (hi / s).floor() - (lo / s).ceil() + 1.0;
+    let step = [0.5, 1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .min_by(|a, b| (count(*a) - 6.0).abs().total_cmp(&(count(*b) - 6.0).abs()))
+        .unwrap_or(mag);
+    let first = (lo / step).ceil() as i64;
+    let last = (hi / step).floor() as i64;
+    (first..=last).map(|k| k as f64 * step).collect()
+}
+
+/// A linear axis over `f64` with its ticks from [`ticks`] (plotters' own would fall on
+/// non-round values of an axis that holds log10 of the data).
+struct Axis {
+    inner: RangedCoordf64,
+    ticks: Vec<f64>,
+}
+
+impl Axis {
+    fn new(lo: f64, hi: f64, log: bool) -> Axis {
+        Axis {
+            inner: (lo..hi).into(),
+            ticks: ticks(lo, hi, log),
+        }
+    }
+}
+
+impl Ranged for Axis {
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, v: &f64, limit: (i32, i32)) -> i32 {
+        self.inner.map(v, limit)
+    }
+
+    fn key_points<H: KeyPointHint>(&self, hint: H) -> Vec<f64> {
+        // no light (minor) grid lines
+        if hint.weight().allow_light_points() {
+            vec![]
+        } else {
+            self.ticks.clone()
+        }
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.inner.range()
+    }
+}
+
+/// `2e-3`, `1.5e5`: two significant digits, no trailing `.0`.
+fn exponent(v: f64) -> String {
+    format!("{v:.1e}").replace(".0e", "e")
+}
+
 fn label(log: bool, v: f64) -> String {
     if !log {
         return if v.abs() >= 1e4 || (v != 0.0 && v.abs() < 1e-2) {
-            format!("{v:.1e}")
+            exponent(v)
         } else {
             format!("{v:.3}")
                 .trim_end_matches('0')
@@ -315,7 +440,7 @@ fn label(log: bool, v: f64) -> String {
         let scale = 10f64.powi(2 - x.log10().floor() as i32);
         format!("{}", (x * scale).round() / scale)
     } else {
-        format!("{x:.1e}")
+        exponent(x)
     }
 }
 
@@ -359,7 +484,7 @@ fn draw_panel<DB: DrawingBackend>(
         .margin(8)
         .x_label_area_size(36)
         .y_label_area_size(56)
-        .build_cartesian_2d(x0..x1, y0..y1)?;
+        .build_cartesian_2d(Axis::new(x0, x1, p.log_x), Axis::new(y0, y1, p.log_y))?;
     let (lx, ly) = (p.log_x, p.log_y);
     chart
         .configure_mesh()
@@ -372,7 +497,7 @@ fn draw_panel<DB: DrawingBackend>(
         .label_style(("sans-serif", 12))
         .draw()?;
     for s in &p.series {
-        let c = color(s.color);
+        let c = look(s.color, Mark::Line).0;
         if let Some(Band(band)) = &s.band {
             // Clamped to the panel (a two-seed interval can be far wider than the data).
             let y = |v: f64| {
@@ -413,15 +538,18 @@ fn draw_panel<DB: DrawingBackend>(
             .map(|(x, y)| (tf(lx, x), tf(ly, y)))
             .collect();
         match s.mark {
-            Mark::Line => chart.draw_series(LineSeries::new(data, c.stroke_width(2)))?,
-            Mark::Dashed => {
-                chart.draw_series(DashedLineSeries::new(data, 6, 4, c.stroke_width(2)))?
+            Mark::Dots => {
+                chart.draw_series(
+                    data.into_iter()
+                        .map(|xy| Circle::new(xy, 3, c.mix(0.7).filled())),
+                )?;
             }
-            Mark::Dots => chart.draw_series(
-                data.into_iter()
-                    .map(|xy| Circle::new(xy, 3, c.mix(0.7).filled())),
-            )?,
-        };
+            // one point draws no line (a run evaluated once)
+            _ if data.len() == 1 => {
+                chart.draw_series(std::iter::once(Circle::new(data[0], 3, c.filled())))?;
+            }
+            _ => stroke(chart.plotting_area(), data, s.color, s.mark)?,
+        }
     }
     Ok(())
 }
@@ -458,7 +586,7 @@ fn draw_intervals<DB: DrawingBackend>(
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(210)
-        .build_cartesian_2d((lo - pad)..(hi + pad), -0.5..(n - 0.5))?;
+        .build_cartesian_2d(Axis::new(lo - pad, hi + pad, log), -0.5..(n - 0.5))?;
     chart
         .configure_mesh()
         .light_line_style(TRANSPARENT)
@@ -478,7 +606,7 @@ fn draw_intervals<DB: DrawingBackend>(
         .draw()?;
     for (i, r) in rows.iter().enumerate() {
         let y = n - 1.0 - i as f64;
-        let c = color(r.color);
+        let c = look(r.color, Mark::Dots).0;
         if let Some((a, b)) = r.ci95.filter(|(a, b)| *a > 0.0 && *b > 0.0) {
             let (a, b) = (at(a), at(b));
             chart.draw_series(std::iter::once(PathElement::new(
@@ -518,6 +646,28 @@ fn draw_intervals<DB: DrawingBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticks_fall_on_round_values() {
+        assert_eq!(
+            ticks(6.3, 20.1, false),
+            [8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0]
+        );
+        assert_eq!(ticks(-0.07, 2.07, false), [0.0, 0.5, 1.0, 1.5, 2.0]);
+        let data = |lo: f64, hi: f64| -> Vec<f64> {
+            let t = ticks(lo.log10(), hi.log10(), true);
+            t.iter()
+                .map(|v| (10f64.powf(*v) * 1e6).round() / 1e6)
+                .collect()
+        };
+        // A table's runs, from the untied rows to margin 0.
+        assert_eq!(data(10.7, 63.0), [15.0, 20.0, 30.0, 40.0, 50.0, 60.0]);
+        // Gradient norms over five decades: whole decades only.
+        assert_eq!(data(2e-5, 0.9), [1e-4, 1e-3, 0.01, 0.1]);
+        // Less than a factor of 2: round values of the data.
+        assert_eq!(data(9.1, 11.6), [9.5, 10.0, 10.5, 11.0, 11.5]);
+        assert_eq!(label(true, 2e-3f64.log10()), "2e-3");
+    }
 
     #[test]
     fn writes_svg_and_png() {
