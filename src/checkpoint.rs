@@ -330,6 +330,15 @@ pub fn restore(st: &TensorFile, model: &Gpt) -> Result<Restored> {
 /// What a run of `cfg` on `data` would refuse, checked before anything is allocated.
 pub fn check_run(data: &Dataset, cfg: &TrainConfig) -> Result<()> {
     cfg.validate()?;
+    // Batches are drawn at the data's probability; a config that says another would be
+    // trained on a mix it does not record.
+    if data.low_resource_prob != cfg.low_resource_prob {
+        bail!(
+            "the data moves rows to the second alphabet at probability {} but the run's config says {}: build the data with the config's probability (Dataset::mixed_at)",
+            data.low_resource_prob,
+            cfg.low_resource_prob
+        );
+    }
     if cfg.model.vocab_size < data.model_vocab() {
         bail!(
             "vocab_size {} cannot hold the {} token ids of the text: build the config from the data's vocabulary",

@@ -305,6 +305,19 @@ impl Dataset {
         })
     }
 
+    /// The same text with training rows moved at probability `p` (a run option may set its
+    /// own: the low-resource-only baseline trains at 1).
+    pub fn mixed_at(&self, p: f64) -> std::borrow::Cow<'_, Dataset> {
+        if p == self.low_resource_prob {
+            std::borrow::Cow::Borrowed(self)
+        } else {
+            std::borrow::Cow::Owned(Dataset {
+                low_resource_prob: p,
+                ..self.clone()
+            })
+        }
+    }
+
     /// Ids the model must cover: both alphabets when the second language is in use.
     pub fn model_vocab(&self) -> usize {
         if self.low_resource_prob > 0.0 {

@@ -123,6 +123,9 @@ impl Metric {
             Metric::HrBest => ("base", |m| m.best_ppl),
             Metric::LrAcc => ("shifted", |m| m.accuracy),
         };
+        if lang == "base" && !e.trained_on_base() {
+            return None;
+        }
         e.lang(lang).map(|l| pick(&l.metrics))
     }
 
@@ -551,21 +554,30 @@ fn paired_table(md: &mut String, res: &[RunResult]) -> Result<()> {
     )?;
     writeln!(md, "|---|---|---|---|---|---|---|")?;
     for r in res {
-        let (Some(lr), Some(hr)) = (&r.vs_plain_lr_best, &r.vs_plain_hr_best) else {
+        let Some(lr) = &r.vs_plain_lr_best else {
             continue;
         };
+        // A run that never trained on the base language has no high-resource figure.
+        let hr = r
+            .vs_plain_hr_best
+            .as_ref()
+            .map_or("– | – | –".into(), |hr| {
+                format!(
+                    "{:+.3} ({:+.1}%) | {} | {}",
+                    hr.diff.mean,
+                    hr.percent.mean,
+                    fmt_interval(&hr.diff, 3),
+                    hr.verdict.words()
+                )
+            });
         writeln!(
             md,
-            "| {} | {:+.3} ({:+.1}%) | {} | {} | {:+.3} ({:+.1}%) | {} | {} |",
+            "| {} | {:+.3} ({:+.1}%) | {} | {} | {hr} |",
             r.run,
             lr.diff.mean,
             lr.percent.mean,
             fmt_interval(&lr.diff, 3),
             lr.verdict.words(),
-            hr.diff.mean,
-            hr.percent.mean,
-            fmt_interval(&hr.diff, 3),
-            hr.verdict.words(),
         )?;
     }
 
@@ -1093,6 +1105,24 @@ mod tests {
         assert!(
             r[0].vs_plain_lr_best.is_none(),
             "plain is not paired with itself"
+        );
+
+        // The low-resource-only baseline never saw the base language: no high-resource
+        // figures, and its low-resource ones still pair with plain.
+        let mut only = experiment(vec![1]);
+        only.runs = vec![
+            RunSpec::of(Loss::plain()),
+            RunSpec::parse("plain@low-resource-only").unwrap(),
+        ];
+        let mut lr_only = ev("plain@low-resource-only", 1, 900.0, 12.3);
+        lr_only.config = serde_json::json!({ "low_resource_prob": 1.0 });
+        let r = results(&only, &[ev("plain", 1, 5.0, 14.0), lr_only]);
+        let metrics: Vec<Metric> = r[1].metrics.iter().map(|m| m.0).collect();
+        assert!(!metrics.contains(&Metric::HrBest) && metrics.contains(&Metric::LrBest));
+        assert!(r[1].vs_plain_hr_best.is_none());
+        assert_eq!(
+            r[1].vs_plain_lr_best.as_ref().unwrap().diff.values,
+            vec![(1, 12.3 - 14.0)]
         );
     }
 

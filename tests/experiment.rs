@@ -216,6 +216,31 @@ fn experiment_runs_resumes_and_reports() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// The low-resource-only baseline trains on the second alphabet alone, whatever mix the
+/// experiment's data was built with: its shifted perplexity is far below its base one.
+#[test]
+fn low_resource_only_trains_on_the_second_alphabet() {
+    let data = Dataset::from_text(&common::synthetic_text(30_000, 5), 0.2).unwrap();
+    let out = common::tempdir("lr-only");
+    let x = Experiment {
+        runs: vec![RunSpec::parse("plain@low-resource-only").unwrap()],
+        seeds: vec![1],
+        ..experiment(base(&data), &out)
+    };
+    let evals = run(&x, &data, 1).finished;
+    assert_eq!(evals[0].steps, experiment::LOW_RESOURCE_ONLY_STEPS);
+    let ppl = |lang: &str| {
+        let l = evals[0].languages.iter().find(|l| l.language == lang);
+        l.unwrap().metrics.ppl
+    };
+    let (base_ppl, shifted) = (ppl("base"), ppl("shifted"));
+    assert!(
+        shifted < 0.5 * base_ppl,
+        "shifted {shifted} against base {base_ppl}"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 /// An untied run (and a logit-scale one) reports the isotropy of both tables, and the
 /// report shows both.
 #[test]

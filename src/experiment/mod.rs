@@ -315,6 +315,12 @@ impl RunEval {
     pub fn lang(&self, name: &str) -> Option<&LangEval> {
         self.languages.iter().find(|l| l.language == name)
     }
+
+    /// Whether training saw the base language at all (the low-resource-only baseline did
+    /// not: its base figures measure nothing the paper compares).
+    pub fn trained_on_base(&self) -> bool {
+        self.config["low_resource_prob"].as_f64() != Some(1.0)
+    }
 }
 
 /// The configuration as `eval.json` and the state file store it, normalised so that fields
@@ -415,6 +421,8 @@ pub fn run_job(
     if let Status::Finished(ev) = x.status(job)? {
         return Ok(Done::Finished(ev));
     }
+    // A run option may mix the languages its own way (low-resource-only: every row).
+    let data = &*data.mixed_at(job.cfg.low_resource_prob);
     let claim = match claim::claim(&job.dir)? {
         Outcome::Claimed(c) => c,
         Outcome::Held(h) => return Ok(Done::Skipped(h)),
