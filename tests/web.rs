@@ -591,6 +591,92 @@ fn browser_resumes_a_native_state_and_survives_a_lost_device() {
     );
 }
 
+/// Stop finishes the current step and keeps its checkpoint: the page evaluates what it has,
+/// and the downloaded state continues natively exactly where the page stopped.
+#[test]
+fn browser_stop_keeps_the_step_and_resumes_natively() {
+    let Some((_lock, _server, url, b)) = page("stop") else {
+        return;
+    };
+    // Long enough that Stop lands in the middle (SwiftShader trains the tiny model at a
+    // few steps per second).
+    let run: Vec<(&str, &str)> = RUN
+        .iter()
+        .map(|&(k, v)| if k == "steps" { (k, "200") } else { (k, v) })
+        .collect();
+    b.goto(&format!("{url}?autorun=1&{}", query(&run)));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let at = b.exec("return document.getElementById('step').textContent;");
+        let step: u64 = at
+            .as_str()
+            .and_then(|s| s.split(" / ").next()?.trim().parse().ok())
+            .unwrap_or(0);
+        if step >= 6 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "training never reached step 6 ({at})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.exec("document.getElementById('stop').click(); return 0;");
+    let (title, r) = b.outcome(Duration::from_secs(300));
+    assert_eq!(title, "selfish: done", "{r}");
+    assert_eq!(r["interrupted"], true, "{r}");
+    let stopped = r["step"].as_u64().unwrap();
+    assert!((6..200).contains(&stopped), "stopped at {stopped}");
+    assert_eq!(r["log"].as_array().unwrap().len() as u64, stopped);
+    assert_eq!(r["evaluation"].as_array().unwrap().len(), 2, "{r}");
+
+    let state = selfish::tensorfile::parse(&b.download("dl-state"), "state").unwrap();
+    assert_eq!(state.meta_usize("step").unwrap() as u64, stopped);
+    let dir = common::tempdir("web-stop");
+    let whole = native_run(&run, &dir.join("whole"), &[]);
+    let rest = dir.join("rest");
+    std::fs::create_dir_all(&rest).unwrap();
+    selfish::tensorfile::save(&rest.join("state.safetensors"), &state).unwrap();
+    let model = selfish::tensorfile::parse(&b.download("dl-model"), "model").unwrap();
+    selfish::tensorfile::save(&rest.join("model.safetensors"), &model).unwrap();
+    let resumed = native_run(&run, &rest, &["--resume"]);
+    let n = stopped as usize;
+    let worst = max_loss_diff(r["log"].as_array().unwrap(), &whole[..n])
+        .max(max_loss_diff(&resumed, &whole[n..]));
+    eprintln!("stopped in the page at step {stopped}; page then native resume against one native run: max relative loss difference {worst:.2e}");
+    assert!(worst <= 1e-4, "stop and resume differ by {worst:e}");
+}
+
+/// A browser without WebGPU gets the one-line message that says what to use instead, and
+/// no Start button to press.
+#[test]
+fn browser_without_webgpu_says_what_to_do() {
+    let Some((_lock, _server, url, b)) = page("no-webgpu") else {
+        return;
+    };
+    // Chromium's DevTools protocol through chromedriver: hide navigator.gpu from the page.
+    b.call(
+        "POST",
+        "goog/cdp/execute",
+        Some(
+            json!({"cmd": "Page.addScriptToEvaluateOnNewDocument", "params": {"source":
+            "Object.defineProperty(Navigator.prototype, 'gpu', { get: () => undefined });"}}),
+        ),
+    );
+    b.goto(&format!("{url}?{}", query(RUN)));
+    let (title, r) = b.outcome(Duration::from_secs(60));
+    assert_eq!(title, "selfish: error", "{r}");
+    let err = r["error"].as_str().unwrap();
+    assert!(
+        err.contains("no WebGPU") && err.contains("Chrome") && !err.contains('\n'),
+        "{err}"
+    );
+    let shown = b.exec("return document.getElementById('message').textContent;");
+    assert_eq!(shown.as_str(), Some(err));
+    let start = b.exec("return document.getElementById('start').disabled;");
+    assert_eq!(start, true, "Start stays disabled without a GPU");
+}
+
 /// `docs/web.png`: the page after a short run, as a person sees it. Run by hand:
 /// `cargo test --test web -- --ignored screenshot`.
 #[test]
