@@ -631,8 +631,8 @@ fn analysis_table(
     let v = if two { m.vocab_size / 2 } else { m.vocab_size };
     writeln!(
         md,
-        "\n## Analysis\n\nGradient roles of the tied embedding (mean over logged steps and \
-         seeds): own signal = (context alignment + target alignment) / non-target \
+        "\n## Analysis\n\nGradient roles of the tied embedding (untied: context alignment on \
+         `wte`, the other two on `lm_head`; mean over logged steps and seeds): own signal = (context alignment + target alignment) / non-target \
          marginalization, summed over an alphabet's tokens. Isotropy: min/max of the partition \
          function over the eigenvectors of WᵀW (1 = even spread), mean over seeds; of `wte`, and of \
          `lm_head` in parentheses when the head is untied.\n"
@@ -921,11 +921,15 @@ fn plot_groups(plots: &Path, first: &[(&Group, &RunLogs)]) -> Result<()> {
 }
 
 /// The tied embedding's gradient roles per token against its frequency, one panel per run.
-fn plot_roles(plots: &Path, first: &[(&Group, &RunLogs)], p: f64) -> Result<()> {
+fn plot_roles(plots: &Path, first: &[(&Group, &RunLogs)], mix: f64) -> Result<()> {
     let panels: Vec<Panel> = first
         .iter()
         .map(|(g, lg)| {
             let r = lg.roles.mean();
+            // The run's own mix (low-resource-only: every row), from its first evaluation.
+            let p = g.evals[0].config["low_resource_prob"]
+                .as_f64()
+                .unwrap_or(mix);
             let freq: Vec<f64> = lg
                 .groups
                 .as_ref()
@@ -950,7 +954,15 @@ fn plot_roles(plots: &Path, first: &[(&Group, &RunLogs)], p: f64) -> Result<()> 
                 band: None,
             };
             Panel {
-                title: g.spec.name(),
+                // Untied, the three roles fall on two tables.
+                title: if g.spec.untied {
+                    format!(
+                        "{} (context: wte; target, non-target: lm_head)",
+                        g.spec.name()
+                    )
+                } else {
+                    g.spec.name()
+                },
                 x_label: "training occurrences".into(),
                 y_label: "gradient norm".into(),
                 log_x: true,
@@ -966,7 +978,7 @@ fn plot_roles(plots: &Path, first: &[(&Group, &RunLogs)], p: f64) -> Result<()> 
         .collect();
     chart(
         &plots.join("gradient_roles"),
-        "Gradient roles of the tied embedding, per token (first seed)",
+        "Gradient roles of each token's embedding (first seed)",
         3,
         &panels,
     )?;
