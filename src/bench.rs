@@ -494,6 +494,36 @@ pub fn run(mut b: Bench, opts: &Options) -> Result<Report> {
     Ok(report)
 }
 
+/// `rows` under `head`, each column as wide as its widest cell; columns marked in `right`
+/// (the numbers) align right.
+fn table(head: &[&str], right: &[bool], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let padded: Vec<String> = cells
+            .zip(&width)
+            .zip(right)
+            .map(|((c, &w), &r)| {
+                if r {
+                    format!("{c:>w$}")
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(&mut head.iter().copied());
+    for r in rows {
+        out += &line(&mut r.iter().map(String::as_str));
+    }
+    out
+}
+
 /// The report as tables.
 pub fn print(r: &Report) {
     println!(
@@ -503,73 +533,156 @@ pub fn print(r: &Report) {
     println!("settings: {}", r.settings);
     if !r.matmul.is_empty() {
         println!("\nmatmul (m x n x k, median of several runs)");
-        println!(
-            "{:<16} {:>16} {:<6} {:<7} {:>10} {:>9}",
-            "shape", "m x n x k", "layout", "variant", "ms", "GFLOP/s"
+        let rows: Vec<Vec<String>> = r
+            .matmul
+            .iter()
+            .map(|m| {
+                vec![
+                    m.name.clone(),
+                    format!("{}x{}x{}", m.m, m.n, m.k),
+                    m.layout.to_string(),
+                    m.variant.to_string(),
+                    format!("{:.3}", m.ms),
+                    format!("{:.2}", m.gflops),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &["shape", "m x n x k", "layout", "variant", "ms", "GFLOP/s"],
+                &[false, true, false, false, true, true],
+                &rows,
+            ),
         );
-        for m in &r.matmul {
-            println!(
-                "{:<16} {:>16} {:<6} {:<7} {:>10.3} {:>9.2}",
-                m.name,
-                format!("{}x{}x{}", m.m, m.n, m.k),
-                m.layout,
-                m.variant,
-                m.ms,
-                m.gflops
-            );
-        }
     }
     if !r.steps.is_empty() {
         println!("\ntraining step (forward, loss, backward, clip, AdamW)");
-        println!(
-            "{:<7} {:<9} {:>6} {:>6} {:>11} {:>11} {:>6}",
-            "config", "loss", "batch", "block", "median ms", "tokens/s", "steps"
+        let rows: Vec<Vec<String>> = r
+            .steps
+            .iter()
+            .map(|s| {
+                vec![
+                    s.config.to_string(),
+                    s.loss.to_string(),
+                    s.batch.to_string(),
+                    s.block.to_string(),
+                    format!("{:.2}", s.median_ms),
+                    format!("{:.0}", s.tokens_per_s),
+                    s.timed_steps.to_string(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &[
+                    "config",
+                    "loss",
+                    "batch",
+                    "block",
+                    "median ms",
+                    "tokens/s",
+                    "steps"
+                ],
+                &[false, false, true, true, true, true, true],
+                &rows,
+            ),
         );
-        for s in &r.steps {
-            println!(
-                "{:<7} {:<9} {:>6} {:>6} {:>11.2} {:>11.0} {:>6}",
-                s.config, s.loss, s.batch, s.block, s.median_ms, s.tokens_per_s, s.timed_steps
-            );
-        }
     }
     if !r.memory.is_empty() {
         println!("\nmemory (MiB)");
-        println!(
-            "{:<7} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9}",
-            "config", "held", "params", "grads", "AdamW", "activations", "sum"
+        let mib = |b: u64| format!("{:.1}", b as f64 / (1 << 20) as f64);
+        let rows: Vec<Vec<String>> = r
+            .memory
+            .iter()
+            .map(|m| {
+                let sum = m.params_bytes + m.grads_bytes + m.optimizer_bytes + m.activations_bytes;
+                vec![
+                    m.config.to_string(),
+                    mib(m.peak_bytes),
+                    mib(m.params_bytes),
+                    mib(m.grads_bytes),
+                    mib(m.optimizer_bytes),
+                    mib(m.activations_bytes),
+                    mib(sum),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &[
+                    "config",
+                    "held",
+                    "params",
+                    "grads",
+                    "AdamW",
+                    "activations",
+                    "sum"
+                ],
+                &[false, true, true, true, true, true, true],
+                &rows,
+            ),
         );
-        let mib = |b: u64| b as f64 / (1 << 20) as f64;
-        for m in &r.memory {
-            println!(
-                "{:<7} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>12.1} {:>9.1}",
-                m.config,
-                mib(m.peak_bytes),
-                mib(m.params_bytes),
-                mib(m.grads_bytes),
-                mib(m.optimizer_bytes),
-                mib(m.activations_bytes),
-                mib(m.params_bytes + m.grads_bytes + m.optimizer_bytes + m.activations_bytes)
-            );
-        }
     }
     if !r.kernels.is_empty() {
         println!(
             "\nkernels in one paper-config step, threshold loss ({})",
             r.kernel_timing
         );
-        for k in &r.kernels {
-            println!(
-                "{:<42} {:>4} dispatches {:>9.2} ms {:>5.1}%",
-                k.kernel,
-                k.dispatches,
-                k.ms,
-                100.0 * k.share
-            );
-        }
+        let mut rows: Vec<Vec<String>> = r
+            .kernels
+            .iter()
+            .map(|k| {
+                vec![
+                    k.kernel.clone(),
+                    k.dispatches.to_string(),
+                    format!("{:.2}", k.ms),
+                    format!("{:.1}%", 100.0 * k.share),
+                ]
+            })
+            .collect();
         let total: f64 = r.kernels.iter().map(|k| k.ms).sum();
-        println!("{:<42} {:>15} {total:>9.2} ms", "total", "");
+        rows.push(vec![
+            "total".into(),
+            String::new(),
+            format!("{total:.2}"),
+            String::new(),
+        ]);
+        print!(
+            "{}",
+            table(
+                &["kernel", "dispatches", "ms", "share"],
+                &[false, true, true, true],
+                &rows,
+            ),
+        );
     }
     for s in &r.skipped {
         println!("skipped: {s}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table;
+
+    #[test]
+    fn table_columns_fit_their_widest_cell() {
+        let rows = vec![
+            vec!["plain".to_string(), "28.13".to_string()],
+            vec![
+                "margin:1+softminus:5+detach-threshold".to_string(),
+                "129.40".to_string(),
+            ],
+        ];
+        let t = table(&["loss", "ms"], &[false, true], &rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], format!("loss{}      ms", " ".repeat(33)));
+        assert_eq!(lines[1], format!("plain{}   28.13", " ".repeat(32)));
+        assert!(lines[2].ends_with("threshold  129.40"), "{t}");
+        // Every line as long as the header: the numbers' right edges line up.
+        assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{t}");
     }
 }
