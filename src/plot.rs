@@ -75,25 +75,27 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-/// How series `i` is drawn: the ten palette colours, then the same ten lighter and dashed,
-/// then darker and dotted, so each of a table's 22 runs has a look of its own. The second
-/// field is a `(dash, gap)` pattern in pixels; `None` draws a solid line.
-fn look(i: usize, mark: Mark) -> (RGBColor, Option<(u32, u32)>) {
+/// Series `i`'s colour: the ten palette colours, then the same ten lighter, then darker, so
+/// each of a table's 22 runs has a look of its own (with [`dash`]).
+fn color(i: usize) -> RGBColor {
     let RGBColor(r, g, b) = PALETTE[i % PALETTE.len()];
-    let variant = (i / PALETTE.len()) % 3;
     let toward = |c: u8, to: f64, w: f64| (c as f64 + (to - c as f64) * w).round() as u8;
     let shade = |to: f64, w: f64| RGBColor(toward(r, to, w), toward(g, to, w), toward(b, to, w));
-    let color = match variant {
+    match (i / PALETTE.len()) % 3 {
         0 => RGBColor(r, g, b),
         1 => shade(255.0, 0.4),
         _ => shade(0.0, 0.35),
-    };
-    let dash = match (mark, variant) {
+    }
+}
+
+/// Series `i`'s `(dash, gap)` pattern in pixels: the first ten solid (dashed when the mark
+/// asks for it), the lighter ten dashed, the darker ten dotted; `None` is a solid line.
+fn dash(i: usize, mark: Mark) -> Option<(u32, u32)> {
+    match (mark, (i / PALETTE.len()) % 3) {
         (Mark::Line, 0) => None,
         (Mark::Line, 1) | (Mark::Dashed, 0) => Some((7, 4)),
         _ => Some((2, 3)),
-    };
-    (color, dash)
+    }
 }
 
 /// A line in series `i`'s look, in any coordinates (the chart's or the legend's pixels).
@@ -106,8 +108,8 @@ fn stroke<DB: DrawingBackend, CT: CoordTranslate>(
 where
     CT::From: Clone,
 {
-    let (c, dash) = look(i, mark);
-    match dash {
+    let c = color(i);
+    match dash(i, mark) {
         None => area.draw(&PathElement::new(points, c.stroke_width(2))),
         Some((on, off)) => area.draw(&plotters::element::DashedPathElement::new(
             points,
@@ -322,7 +324,7 @@ fn draw_legend<DB: DrawingBackend>(
     for (i, (name, color, mark)) in items.iter().enumerate() {
         let y = 40 + (LEGEND_ROW * i as u32) as i32;
         match mark {
-            Mark::Dots => area.draw(&Circle::new((18, y), 4, look(*color, *mark).0.filled()))?,
+            Mark::Dots => area.draw(&Circle::new((18, y), 4, self::color(*color).filled()))?,
             _ => stroke(area, vec![(6, y), (32, y)], *color, *mark)?,
         }
         area.draw(&Text::new(name.clone(), (38, y - 7), style.clone()))?;
@@ -497,7 +499,7 @@ fn draw_panel<DB: DrawingBackend>(
         .label_style(("sans-serif", 12))
         .draw()?;
     for s in &p.series {
-        let c = look(s.color, Mark::Line).0;
+        let c = color(s.color);
         if let Some(Band(band)) = &s.band {
             // Clamped to the panel (a two-seed interval can be far wider than the data).
             let y = |v: f64| {
@@ -606,7 +608,7 @@ fn draw_intervals<DB: DrawingBackend>(
         .draw()?;
     for (i, r) in rows.iter().enumerate() {
         let y = n - 1.0 - i as f64;
-        let c = look(r.color, Mark::Dots).0;
+        let c = color(r.color);
         if let Some((a, b)) = r.ci95.filter(|(a, b)| *a > 0.0 && *b > 0.0) {
             let (a, b) = (at(a), at(b));
             chart.draw_series(std::iter::once(PathElement::new(

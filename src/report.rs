@@ -632,7 +632,8 @@ fn analysis_table(
     writeln!(
         md,
         "\n## Analysis\n\nGradient roles of the tied embedding (untied: context alignment on \
-         `wte`, the other two on `lm_head`; mean over logged steps and seeds): own signal = (context alignment + target alignment) / non-target \
+         `wte`, the other two on `lm_head`; mean over logged steps and seeds): own signal = \
+         (context alignment + target alignment) / non-target \
          marginalization, summed over an alphabet's tokens. Isotropy: min/max of the partition \
          function over the eigenvectors of WᵀW (1 = even spread), mean over seeds; of `wte`, and of \
          `lm_head` in parentheses when the head is untied.\n"
@@ -927,9 +928,7 @@ fn plot_roles(plots: &Path, first: &[(&Group, &RunLogs)], mix: f64) -> Result<()
         .map(|(g, lg)| {
             let r = lg.roles.mean();
             // The run's own mix (low-resource-only: every row), from its first evaluation.
-            let p = g.evals[0].config["low_resource_prob"]
-                .as_f64()
-                .unwrap_or(mix);
+            let p = g.evals[0].low_resource_prob().unwrap_or(mix);
             let freq: Vec<f64> = lg
                 .groups
                 .as_ref()

@@ -316,10 +316,16 @@ impl RunEval {
         self.languages.iter().find(|l| l.language == name)
     }
 
+    /// The share of training rows in the second alphabet (the run's own: 1 for the
+    /// low-resource-only baseline), where the saved config says.
+    pub fn low_resource_prob(&self) -> Option<f64> {
+        self.config["low_resource_prob"].as_f64()
+    }
+
     /// Whether training saw the base language at all (the low-resource-only baseline did
     /// not: its base figures measure nothing the paper compares).
     pub fn trained_on_base(&self) -> bool {
-        self.config["low_resource_prob"].as_f64() != Some(1.0)
+        self.low_resource_prob() != Some(1.0)
     }
 }
 
